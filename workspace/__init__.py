@@ -1,0 +1,1 @@
+"""The Workspace spec, its status conditions and the error hierarchy."""

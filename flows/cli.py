@@ -1,0 +1,181 @@
+"""The ``kaiflow`` command line.
+
+Imports stay inside the commands so ``kaiflow --help`` starts fast: Prefect, torch and the cloud
+SDKs load only for the commands that need them. Errors kaiflow raises on purpose print one line
+(``error: ...``) and exit 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kaiflow",
+        description="Fine-tune and serve open LLMs as Prefect workflows, from Kaito workspace files.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check workspace files and say what to fix")
+    v.add_argument("-f", "--filename", action="append", required=True, help="workspace YAML (repeatable)")
+
+    pl = sub.add_parser("plan", help="size each workspace: nodes, GPUs, memory, runtime arguments")
+    pl.add_argument("-f", "--filename", action="append", required=True)
+    pl.add_argument("--on-host", action="store_true", help="size against this machine instead of resource.instanceType")
+    pl.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    pr = sub.add_parser("presets", help="list preset models")
+    pr.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sk = sub.add_parser("skus", help="list GPU instance types")
+    sk.add_argument("--cloud", choices=["azure", "aws"])
+    sk.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    ap = sub.add_parser("apply", help="run the workspace flow for each workspace in the files")
+    ap.add_argument("-f", "--filename", action="append", required=True)
+    ap.add_argument("--platform", choices=["local", "kubernetes", "aks"], help="default: $KAIFLOW_PLATFORM or local")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+
+    g = sub.add_parser("get", help="list workspaces")
+    g.add_argument("what", choices=["workspaces", "workspace", "ws"])
+    g.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    d = sub.add_parser("describe", help="conditions, endpoint, adapters and last flow run of a workspace")
+    d.add_argument("what", choices=["workspace", "ws"])
+    d.add_argument("name")
+    de = sub.add_parser("delete", help="stop a workspace's server and forget it")
+    de.add_argument("what", choices=["workspace", "ws"])
+    de.add_argument("name")
+    lg = sub.add_parser("logs", help="logs of a workspace's inference server and last tuning run")
+    lg.add_argument("name")
+    lg.add_argument("--tuning", action="store_true", help="the tuning log instead of the server's")
+    ch = sub.add_parser("chat", help="ask a workspace's endpoint (POST /chat)")
+    ch.add_argument("name")
+    ch.add_argument("prompt")
+    ch.add_argument("--max-tokens", type=int, default=64)
+    sub.add_parser("demo", help="the demo: serve a dataset, tune tiny-phi-3 on it, serve it, ask it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.command:
+        _parser().print_help()
+        return 2
+    from workspace.errors import KaiflowError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KaiflowError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["   ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_validate(args) -> int:
+    from workspace import loader
+
+    for f in args.filename:
+        b = loader.load_file(f, require_workspace=False)
+        parts = [f"{len(b.workspaces)} workspace(s)" + (f" ({', '.join(w.name for w in b.workspaces)})" if b.workspaces else "")]
+        if b.config_maps:
+            parts.append(f"ConfigMap(s) {', '.join(b.config_maps)}")
+        if b.secrets:
+            parts.append(f"Secret(s) {', '.join(b.secrets)}")
+        for w in b.workspaces:
+            for field, ref in (("inference.config", w.inference and w.inference.config), ("tuning.config", w.tuning and w.tuning.config)):
+                if ref and ref not in b.config_maps:
+                    print(f"{f}: note: {w.name}: {field} names ConfigMap '{ref}', not in this file; "
+                          "on the local platform add it to the file (kubernetes reads it from the cluster)")
+        print(f"{f}: valid: " + "; ".join(parts))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from workspace import loader, plan
+
+    bundle = loader.load_files(args.filename)
+    plans = [plan.plan_workspace(w, "kubernetes", on_host=args.on_host) for w in bundle.workspaces]
+    if args.output == "json":
+        print(json.dumps([{"name": p.name, "instanceType": p.instance_type, "fits": p.fits,
+                           "parts": [vars(x) for x in p.parts]} for p in plans], indent=2, default=str))
+    else:
+        for p in plans:
+            print(f"{p.name}  ({p.instance_type})")
+            for part in p.parts:
+                mark = {True: "fits", False: "DOES NOT FIT", None: "not sized"}[part.fits]
+                print(f"  {part.part:<10} {part.model:<32} {mark}")
+                print(f"             {part.summary}")
+                if part.reason:
+                    print(f"             {part.reason}")
+    return 0 if all(p.fits for p in plans) else 1
+
+
+def cmd_presets(args) -> int:
+    import presets
+    from presets import sizing
+
+    rows = []
+    for m in presets.models():
+        min_gpu = sizing.gib(m.weights_gb) + sizing.GPU_OVERHEAD_GIB
+        rows.append([m.name, m.hf_id, f"{m.weights_gb:g} GB", f"{min_gpu:.0f} GiB", "yes" if m.tuning_supported else "no",
+                     "yes" if m.gated else "no"])
+    if args.output == "json":
+        print(json.dumps([vars(m) for m in presets.models()], indent=2, default=str))
+    else:
+        print(_table(rows, ["NAME", "MODEL ID", "WEIGHTS", "MIN GPU MEMORY", "TUNING", "GATED"]))
+    return 0
+
+
+def cmd_skus(args) -> int:
+    import presets
+
+    items = [s for s in presets.skus() if not args.cloud or s.cloud == args.cloud]
+    if args.output == "json":
+        print(json.dumps([vars(s) for s in items], indent=2))
+    else:
+        rows = [[s.name, s.cloud, str(s.gpu_count), s.gpu_model, f"{s.gpu_memory_gib:g} GiB", s.compute_capability,
+                 "yes" if s.supports_bf16 else "no"] for s in items]
+        print(_table(rows, ["NAME", "CLOUD", "GPUS", "GPU", "MEMORY/GPU", "CC", "BF16"]))
+    return 0
+
+
+def _lazy(module: str, name: str):
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "presets": cmd_presets,
+    "skus": cmd_skus,
+    "apply": _lazy("flows.commands", "cmd_apply"),
+    "get": _lazy("flows.commands", "cmd_get"),
+    "describe": _lazy("flows.commands", "cmd_describe"),
+    "delete": _lazy("flows.commands", "cmd_delete"),
+    "logs": _lazy("flows.commands", "cmd_logs"),
+    "chat": _lazy("flows.commands", "cmd_chat"),
+    "demo": _lazy("flows.demo", "cmd_demo"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Load workspace files as ``kubectl apply -f`` would take them, with errors that say what to change.
+
+A file may hold several YAML documents: Workspaces, and the ConfigMaps and Secrets their fields
+name (``inference.config``, ``tuning.config``, ``presetOptions.modelAccessSecret``). ConfigMaps are
+kept by name so the flow can read ``training_config.yaml`` / ``inference_config.yaml`` from them;
+Secrets are only noted by name — their data never leaves the file.
+
+Every problem becomes a ``SpecError`` whose message names the file, the field path in the YAML's
+own camelCase spelling, and what to change, e.g.
+``ws.yaml: tuning.method: 'qlora4' is not one of lora, qlora``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from workspace import spec
+from workspace.errors import SpecError
+
+
+@dataclass
+class Bundle:
+    """What one file (or several) declared."""
+
+    workspaces: list[spec.Workspace] = field(default_factory=list)
+    config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+    def config_map(self, name: str | None) -> dict[str, str] | None:
+        return self.config_maps.get(name) if name else None
+
+
+def load_file(path: str | Path, *, require_workspace: bool = True) -> Bundle:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such file; check the path given to -f")
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; pass a YAML file with -f")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; pass a YAML workspace file") from None
+    return load_text(text, source=str(path), require_workspace=require_workspace)
+
+
+def load_files(paths: list[str | Path], *, require_workspace: bool = True) -> Bundle:
+    out = Bundle()
+    for p in paths:
+        b = load_file(p, require_workspace=require_workspace)
+        out.workspaces += b.workspaces
+        out.config_maps.update(b.config_maps)
+        out.secrets += b.secrets
+        out.other += b.other
+    return out
+
+
+def load_text(text: str, *, source: str = "<input>", require_workspace: bool = True) -> Bundle:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{source}: not valid YAML{where}: {problem}; fix the indentation or quoting there") from None
+    if not docs:
+        raise SpecError(f"{source}: the file is empty; it should hold a Workspace (kind: Workspace)")
+    bundle = Bundle()
+    for i, doc in enumerate(docs):
+        where = source if len(docs) == 1 else f"{source} (document {i + 1})"
+        if not isinstance(doc, dict):
+            raise SpecError(f"{where}: expected a mapping with apiVersion, kind and metadata, found {type(doc).__name__}")
+        kind = doc.get("kind")
+        if kind == "Workspace":
+            bundle.workspaces.append(parse_workspace(doc, source=where))
+        elif kind == "ConfigMap":
+            name = (doc.get("metadata") or {}).get("name")
+            if not name:
+                raise SpecError(f"{where}: metadata.name: required; name the ConfigMap so a workspace can refer to it")
+            bundle.config_maps[name] = {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+        elif kind == "Secret":
+            bundle.secrets.append((doc.get("metadata") or {}).get("name", ""))
+        elif kind is None:
+            raise SpecError(f"{where}: kind: required; add 'kind: Workspace'")
+        else:
+            bundle.other.append(doc)
+    if not bundle.workspaces and require_workspace:
+        raise SpecError(f"{source}: no Workspace found (kinds seen: {', '.join(sorted({str(d.get('kind')) for d in docs}))})")
+    names = [w.name for w in bundle.workspaces]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"{source}: workspace names must be unique in a file; repeated: {', '.join(dupes)}")
+    return bundle
+
+
+def parse_workspace(doc: dict[str, Any], *, source: str = "<input>") -> spec.Workspace:
+    api = doc.get("apiVersion")
+    if api not in spec.API_VERSIONS:
+        raise SpecError(f"{source}: apiVersion: '{api}' is not one of {', '.join(spec.API_VERSIONS)}")
+    try:
+        return spec.Workspace.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: " + "; ".join(_messages(exc))) from None
+
+
+def dump(ws: spec.Workspace) -> str:
+    """YAML for ``ws`` in Kaito's spelling (only the fields that were set)."""
+    return yaml.safe_dump(ws.to_dict(), sort_keys=False)
+
+
+# -- readable validation errors ---------------------------------------------------------------
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+        path = _path(loc)
+        prefix = f"{path}: " if path else ""
+        out.append(prefix + _describe(err, loc))
+    return out
+
+
+def _path(loc: list[Any]) -> str:
+    s = ""
+    for p in loc:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s
+
+
+def _describe(err: dict[str, Any], loc: list[Any]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = ", ".join(c.strip().strip("'") for c in expected.replace(" or ", ",").split(","))
+        return f"'{value}' is not one of {choices}"
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else (f"; known fields: {', '.join(known)}" if known else "")
+        return f"unknown field{hint}"
+    if kind == "missing":
+        return "required field is missing; add it"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind in ("string_type", "int_type", "int_parsing", "list_type", "dict_type", "model_type", "bool_type"):
+        msg = f"{msg} (got {value!r})"
+    return msg
+
+
+def _unwrap(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                return _unwrap(arg)
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(tp)[0])
+    return tp
+
+
+def _known_fields(loc: list[Any]) -> list[str]:
+    model: Any = spec.Workspace
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        by_alias = {(f.alias or n): f for n, f in model.model_fields.items()}
+        f = by_alias.get(part)
+        if f is None:
+            return []
+        model = _unwrap(f.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [(f.alias or n) for n, f in model.model_fields.items()]
+    return []
