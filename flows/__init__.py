@@ -1,0 +1,1 @@
+"""The Prefect flows (workspace) and the ``kaiflow`` command line."""

@@ -1,0 +1,142 @@
+"""The CLI commands that act on workspaces: apply, get, describe, delete, logs, chat."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+from infra import local_process, local_state
+from workspace import status
+from workspace.errors import KaiflowError
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def cmd_apply(args) -> int:
+    from workspace import loader, settings
+
+    bundle = loader.load_files(args.filename)
+    platform = args.platform or settings.load().platform
+    from flows import prefect_server
+
+    api = prefect_server.ensure()
+    _quiet_prefect()
+    if args.quiet:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    from flows.workspace_flow import workspace_flow
+
+    print(f"Prefect API: {api}", file=sys.stderr)
+    failed = 0
+    for ws in bundle.workspaces:
+        try:
+            result = workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
+        except KaiflowError as exc:
+            print(f"error: workspace {ws.name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        line = f"workspace {ws.name}: ready"
+        if result.get("image"):
+            line += f"; adapter image {result['image']['reference']}"
+        if result.get("inference"):
+            line += f"; endpoint {result['inference']['endpoint']}"
+        print(line)
+    return 1 if failed else 0
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "-"
+    then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    secs = int((datetime.now(timezone.utc) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _require(name: str) -> dict:
+    record = local_state.load(name)
+    if record is None:
+        known = local_state.names()
+        raise KaiflowError(f"workspace '{name}' not found" + (f"; known: {', '.join(known)}" if known else "; none applied yet"))
+    return record
+
+
+def cmd_get(args) -> int:
+    from flows.cli import _table
+
+    rows, records = [], [local_state.load(n) for n in local_state.names()]
+    for r in records:
+        c = r.get("conditions", [])
+        rows.append([r["name"], r.get("instance") or "-", status.condition_value(c, status.RESOURCE_READY),
+                     status.condition_value(c, status.INFERENCE_READY), status.condition_value(c, status.WORKSPACE_READY),
+                     _age(r.get("created"))])
+    if args.output == "json":
+        print(json.dumps(records, indent=2))
+    elif rows:
+        print(_table(rows, ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "WORKSPACEREADY", "AGE"]))
+    else:
+        print("No workspaces found.")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    r = _require(args.name)
+    server = r.get("server") or {}
+    print(f"Name:          {r['name']}")
+    print(f"Platform:      {r.get('platform', 'local')}")
+    print(f"Instance:      {r.get('instance', '-')}")
+    print(f"Created:       {r.get('created')}")
+    print(f"Endpoint:      {r.get('endpoint') or '-'}"
+          + ("" if not server else (" (running)" if local_process.alive(server.get("pid"), "-m serving") else " (not running)")))
+    if r.get("adapter_image"):
+        print(f"Tuned image:   {r['adapter_image']}")
+    for a in server.get("adapters", []):
+        print(f"Adapter:       {a['name']}  {a.get('image', '')}  {a['digest']}  strength {a['strength']}")
+    print(f"Last flow run: {r.get('last_flow_run') or '-'}")
+    print("Conditions:")
+    for c in r.get("conditions", []):
+        print(f"  {c['type']:<20} {c['status']:<8} {c.get('reason', ''):<24} {c.get('message', '')}")
+    print("Events:")
+    for e in r.get("events", [])[-15:]:
+        print(f"  {e['time']}  {e['type']:<8} {e['reason']:<20} {e['message']}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    r = _require(args.name)
+    server = r.get("server") or {}
+    stopped = local_process.stop(server.get("pid"), "-m serving")
+    local_state.remove(args.name)
+    print(f"workspace {args.name} deleted" + (f" (server pid {server['pid']} stopped)" if stopped else ""))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    _require(args.name)
+    path = local_state.workspace_dir(args.name) / ("tuning.log" if args.tuning else "server.log")
+    if not path.exists():
+        raise KaiflowError(f"no {'tuning' if args.tuning else 'server'} log for {args.name} yet")
+    sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    import httpx
+
+    r = _require(args.name)
+    if not r.get("endpoint"):
+        raise KaiflowError(f"workspace {args.name} has no endpoint (no inference, or not deployed yet)")
+    try:
+        resp = httpx.post(f"{r['endpoint']}/chat", json={"prompt": args.prompt, "generate_kwargs": {"max_length": args.max_tokens}}, timeout=120)
+    except httpx.HTTPError as exc:
+        raise KaiflowError(f"endpoint {r['endpoint']} did not answer ({exc}); see `kaiflow describe workspace {args.name}`") from None
+    if resp.status_code != 200:
+        raise KaiflowError(f"endpoint answered {resp.status_code}: {resp.text[:300]}")
+    print(resp.json().get("Result", resp.text))
+    return 0

@@ -1,0 +1,78 @@
+"""A Prefect API for the CLI: the configured one, or a local server kaiflow starts once and reuses.
+
+Prefect's temporary per-process server costs ~10 s on every command; a CLI wants seconds. So with
+no ``PREFECT_API_URL``, kaiflow starts ``prefect server start`` (SQLite under KAIFLOW_HOME/prefect)
+detached in the background on first use, records its address, and later commands reuse it.
+Call ``ensure()`` before importing prefect's client machinery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from infra import local_process
+from workspace import settings
+from workspace.errors import KaiflowError
+
+MARKER = "prefect server start"
+
+
+def _state_file() -> Path:
+    return settings.load().home_dir / "prefect" / "server.json"
+
+
+def _healthy(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure() -> str:
+    """Return the Prefect API URL in use, starting the local background server if needed."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    state = _state_file()
+    if state.exists():
+        info = json.loads(state.read_text())
+        if local_process.alive(info.get("pid"), MARKER) and _healthy(info["api"]):
+            os.environ["PREFECT_API_URL"] = info["api"]
+            return info["api"]
+        local_process.stop(info.get("pid"), MARKER)
+    home = state.parent
+    home.mkdir(parents=True, exist_ok=True)
+    port = local_process.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false", "PREFECT_UI_API_URL": api}
+    env.pop("PREFECT_API_URL", None)
+    prefect_bin = str(Path(sys.executable).parent / "prefect")
+    pid = local_process.start([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              log_path=home / "server.log", pidfile=home / "server.pid", env=env)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if _healthy(api):
+            state.write_text(json.dumps({"pid": pid, "api": api}))
+            os.environ["PREFECT_API_URL"] = api
+            return api
+        if not local_process.alive(pid, MARKER):
+            break
+        time.sleep(0.5)
+    local_process.stop(pid, MARKER)
+    tail = (home / "server.log").read_text(errors="replace")[-1500:] if (home / "server.log").exists() else ""
+    raise KaiflowError(f"could not start a local Prefect server (log: {home / 'server.log'}):\n{tail}")
+
+
+def stop() -> bool:
+    state = _state_file()
+    if not state.exists():
+        return False
+    info = json.loads(state.read_text())
+    state.unlink()
+    return local_process.stop(info.get("pid"), MARKER)

@@ -1,0 +1,76 @@
+"""The workspace flow: one Prefect flow run per workspace apply, named after the workspace.
+
+    provision ──► pull dataset ──► tune ──► push adapter image ──► deploy inference
+  (ResourceReady)              (JobStarted)    (image@digest)      (InferenceReady)
+                                                                   └► WorkspaceReady / WorkspaceSucceeded
+
+Tuning-only workspaces stop after the push (WorkspaceSucceeded); inference-only ones skip straight
+to deploy; a workspace with both tunes and serves the fresh adapter. A failure at any step marks
+its condition and WorkspaceReady False with the error's reason and message, and leaves whatever
+was serving before untouched.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+
+from infra import local_state
+from tasks import dataset as dataset_task
+from tasks import deploy as deploy_task
+from tasks import provision as provision_task
+from tasks import push as push_task
+from tasks import tune as tune_task
+from tasks.common import artifact_key
+from workspace import settings, spec, status
+from workspace.errors import KaiflowError
+
+
+def _status_table(name: str) -> None:
+    record = local_state.load(name) or {}
+    rows = [{"condition": c["type"], "status": c["status"], "reason": c.get("reason", ""), "message": c.get("message", "")}
+            for c in record.get("conditions", [])]
+    rows.append({"condition": "endpoint", "status": record.get("endpoint") or "-", "reason": "", "message": ""})
+    for a in (record.get("server") or {}).get("adapters", []):
+        rows.append({"condition": f"adapter {a['name']}", "status": a["digest"][:19], "reason": "", "message": a.get("image", "")})
+    create_table_artifact(rows, key=artifact_key(name, "status"), description=f"status of workspace {name}")
+
+
+@flow(name="workspace", flow_run_name="{workspace.metadata.name}", log_prints=True, persist_result=False)
+def workspace_flow(
+    workspace: spec.Workspace,
+    config_maps: dict[str, dict[str, str]] | None = None,
+    platform: str | None = None,
+) -> dict:
+    """Apply a Kaito workspace: provision, pull data, tune, push the adapter image, deploy inference."""
+    log = get_run_logger()
+    config_maps = config_maps or {}
+    platform = platform or settings.load().platform
+    name = workspace.name
+    local_state.update(name, spec=workspace.to_dict(), platform=platform, last_flow_run=str(flow_run.get_id() or ""),
+                       instance=workspace.instance_type or "local")
+    result: dict = {"name": name}
+    try:
+        result["provision"] = provision_task.provision(workspace, platform)
+        if workspace.tuning:
+            data = dataset_task.pull_dataset(workspace)
+            tuned = tune_task.tune(workspace, data, config_maps)
+            result["tuning"] = {**tuned, "dataset_digest": data["digest"]}
+            image = push_task.push_adapter(workspace, tuned["adapter_dir"])
+            result["image"] = image
+            local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"])
+        if workspace.inference:
+            result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps)
+            local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
+        else:
+            local_state.set_condition(name, status.WORKSPACE_SUCCEEDED, True, "TuningSucceeded", f"adapter at {result['image']['reference']}")
+            local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceSucceeded", "tuning finished")
+    except KaiflowError as exc:
+        local_state.set_condition(name, status.WORKSPACE_READY, False, exc.reason, str(exc))
+        local_state.add_event(name, exc.reason, str(exc), kind="Warning")
+        log.error("workspace %s failed: %s", name, exc)
+        raise
+    finally:
+        _status_table(name)
+    return result

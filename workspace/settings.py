@@ -1,0 +1,28 @@
+"""kaiflow's settings, from ``KAIFLOW_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAIFLOW_", extra="ignore")
+
+    platform: Literal["local", "kubernetes", "aks"] = Field("local", description="Where the work runs.")
+    home: Path = Field(Path("~/.kaiflow"), description="Where the local platform keeps its state.")
+    allow_private_urls: bool = Field(False, description="Allow dataset URLs on loopback/private addresses.")
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="Inference engine for local serving.")
+    serve_host: str = Field("127.0.0.1", description="Address local inference servers listen on.")
+    health_timeout_s: float = Field(600.0, description="How long to wait for a new inference server to be healthy.")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+
+def load() -> Settings:
+    return Settings()
