@@ -1,0 +1,463 @@
+"""The HTTP layer: Kaito's `/chat`, the OpenAI API, adapter management, health and metrics.
+
+Thin on purpose: it validates bodies (`protocol`), turns them into token ids and `Sampling`, asks
+the engine for text deltas and shapes the answer. Rules it owns:
+
+* **Which model a request uses.** `"model": "<adapter name>"` picks that adapter; the base model's
+  name (``--served-model-name``, default ``--model``) picks the base. `/chat` with no `model`
+  uses the adapter when exactly one is loaded — Kaito serves a workspace's adapter merged into
+  `/chat` — and the base model otherwise. The OpenAI endpoints with no `model` use the base.
+* **Admission.** A request is admitted while fewer than ``capacity + max_queue_depth`` are in
+  flight (``capacity``: what the engine runs at once). Beyond that it gets 429 with a
+  `Retry-After` estimated from recent latencies — never a hang.
+* **Streaming** responses start only after the first text arrives, so a request the engine
+  refuses still gets a proper status code; errors after that arrive as an SSE `error` event.
+* **Readiness.** The model loads in the background: `/health` answers 503 until it is loaded,
+  then 200; generation requests meanwhile get 503 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serving import adapters, config, errors, metrics, protocol
+from serving.engines import base
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """State shared by the routes: the engine, tokenizer, adapters, admission and metrics."""
+
+    def __init__(self, cfg: config.ServerConfig, engine: base.Engine) -> None:
+        self.cfg, self.engine = cfg, engine
+        self.metrics = metrics.Metrics(engine.name, cfg.served_model_name)
+        self.workdir = Path(tempfile.mkdtemp(prefix="kaiflow-serving-"))
+        self.adapters = adapters.AdapterSet(engine.add_adapter, engine.remove_adapter, self.workdir)
+        self.tokenizer: Any = None
+        self.ready = False
+        self.failure: str | None = None
+        self.in_flight = 0
+        self.mean_latency_s = 1.0
+        self.on_fatal: Callable[[str], None] = lambda reason: None
+
+    # ---- start-up -------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.engine.start()
+            self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.cfg.model_path)
+            for spec in self.cfg.adapters:
+                await self.adapters.load(spec)
+            self.metrics.adapters.set(len(self.adapters.names()))
+            self.ready = True
+            self.metrics.ready.set(1)
+            log.info("ready: %s on %s, adapters %s, http://%s:%d", self.cfg.served_model_name, self.engine.name,
+                     self.adapters.names() or "none", self.cfg.host, self.cfg.port)
+        except Exception as exc:  # noqa: BLE001 - reported, then the process exits non-zero
+            self.failure = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+            log.exception("start-up failed")
+            self.on_fatal(self.failure)
+
+    async def close(self) -> None:
+        await self.adapters.drain()
+        await self.engine.close()
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise errors.NotReady(self.failure or "the model is still loading; retry shortly")
+
+    # ---- model / adapter choice -------------------------------------------------------------
+    def base_names(self) -> set[str]:
+        return {self.cfg.served_model_name, self.cfg.model, self.cfg.model_path}
+
+    def pick_adapter(self, model: str | None, *, chat_default: bool) -> base.LoadedAdapter | None:
+        if not model:
+            return self.adapters.only() if chat_default else None
+        if model in self.base_names():
+            return None
+        adapter = self.adapters.get(model)
+        if adapter is None:
+            available = [self.cfg.served_model_name, *self.adapters.names()]
+            raise errors.NotFound(f"The model `{model}` does not exist; available: {', '.join(available)}", param="model")
+        return adapter
+
+    def model_label(self, adapter: base.LoadedAdapter | None) -> str:
+        return adapter.name if adapter else self.cfg.served_model_name
+
+    # ---- prompts -------------------------------------------------------------------------
+    def chat_ids(self, messages: list[protocol.Message]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise errors.BadRequest("this model has no chat template: send a plain prompt to /v1/completions instead")
+        turns = [{"role": m.role, "content": m.text()} for m in messages]
+        text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def check_length(self, prompt_len: int, max_tokens: int | None, field: str = "max_tokens") -> int:
+        """``max_tokens`` (default: the rest of the context), refusing what cannot fit."""
+        limit = self.engine.max_model_len
+        if prompt_len >= limit:
+            raise errors.BadRequest(f"the prompt is {prompt_len} tokens; this model's context is {limit} tokens: "
+                                    "shorten the prompt", param="messages")
+        if max_tokens is None:
+            return limit - prompt_len
+        if prompt_len + max_tokens > limit:
+            raise errors.BadRequest(f"the prompt ({prompt_len} tokens) plus {field} ({max_tokens}) exceeds this model's "
+                                    f"context of {limit} tokens: shorten the prompt or lower {field}", param=field)
+        return max_tokens
+
+    # ---- generation -----------------------------------------------------------------------
+    def admit(self) -> None:
+        self.require_ready()
+        limit = self.engine.capacity + self.cfg.max_queue_depth
+        if self.in_flight >= limit:
+            self.metrics.rejected.inc()
+            waves = math.ceil((self.in_flight - self.engine.capacity + 1) / max(self.engine.capacity, 1))
+            retry = int(min(60, max(1, math.ceil(waves * self.mean_latency_s))))
+            raise errors.Overloaded(f"the server is at capacity ({self.in_flight} requests in flight, queue of "
+                                    f"{self.cfg.max_queue_depth}); retry in {retry} s", retry_after_s=retry)
+
+    async def generate(self, endpoint: str, prompt_ids: list[int], sampling: base.Sampling,
+                       adapter: base.LoadedAdapter | None) -> AsyncIterator[base.Delta]:
+        """Admit, run and account one request; the first ``__anext__`` raises if it is refused."""
+        self.admit()
+        self._enter(adapter)
+        start, first, tokens = time.perf_counter(), True, 0
+        try:
+            async for delta in self.engine.stream(uuid.uuid4().hex, prompt_ids, sampling, adapter):
+                if first and (delta.text or delta.finish_reason):
+                    self.metrics.first_token.labels(endpoint).observe(time.perf_counter() - start)
+                    first = False
+                tokens += delta.num_tokens
+                yield delta
+        finally:
+            self._leave(adapter, time.perf_counter() - start, len(prompt_ids), tokens)
+
+    def _enter(self, adapter: base.LoadedAdapter | None) -> None:
+        self.in_flight += 1
+        if adapter:
+            self.adapters.acquire(adapter)
+        self._set_gauges()
+
+    def _leave(self, adapter: base.LoadedAdapter | None, seconds: float, prompt_tokens: int, tokens: int) -> None:
+        self.in_flight -= 1
+        if adapter:
+            self.adapters.release(adapter)
+        self._set_gauges()
+        self.mean_latency_s = 0.9 * self.mean_latency_s + 0.1 * seconds
+        label = self.model_label(adapter)
+        self.metrics.prompt_tokens.labels(label).inc(prompt_tokens)
+        self.metrics.generation_tokens.labels(label).inc(tokens)
+
+    def _set_gauges(self) -> None:
+        self.metrics.in_flight.set(self.in_flight)
+        self.metrics.queue_depth.set(max(0, self.in_flight - self.engine.capacity))
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+# ---- sampling from request bodies ---------------------------------------------------------------
+def openai_sampling(req: protocol._OpenAISampling, max_tokens: int) -> base.Sampling:
+    if req.presence_penalty or req.frequency_penalty:
+        raise errors.BadRequest("presence_penalty and frequency_penalty are not supported; use repetition_penalty",
+                                param="presence_penalty")
+    if req.logprobs:
+        raise errors.BadRequest("logprobs are not supported by this server", param="logprobs")
+    return base.Sampling(
+        max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=req.top_p, top_k=req.top_k, seed=req.seed, stop=req.stops(),
+        repetition_penalty=req.repetition_penalty, min_tokens=min(req.min_tokens, max_tokens), ignore_eos=req.ignore_eos,
+    )
+
+
+def kaito_sampling(gk: protocol.GenerateKwargs, prompt_len: int, max_new: int) -> base.Sampling:
+    sample = gk.do_sample and gk.temperature > 0
+    return base.Sampling(
+        max_tokens=max_new, temperature=gk.temperature if sample else 0.0, top_p=gk.top_p,
+        top_k=gk.top_k, seed=gk.seed, repetition_penalty=gk.repetition_penalty,
+        min_tokens=min(max(0, gk.min_length - prompt_len), max_new),
+    )
+
+
+# ---- response shapes --------------------------------------------------------------------------
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _collect(first: base.Delta, rest: AsyncIterator[base.Delta]) -> tuple[str, int, str]:
+    parts, tokens, reason = [first.text], first.num_tokens, first.finish_reason
+    async for delta in rest:
+        parts.append(delta.text)
+        tokens += delta.num_tokens
+        reason = delta.finish_reason or reason
+    return "".join(parts), tokens, reason or "stop"
+
+
+async def _start(gen: AsyncIterator[base.Delta]) -> base.Delta:
+    """The first delta; refusals (429, 400 from the engine) surface here, before any byte is sent."""
+    try:
+        return await gen.__anext__()
+    except StopAsyncIteration:
+        return base.Delta("", 0, "stop")
+    except BaseException:
+        await gen.aclose()
+        raise
+
+
+def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
+    server = Server(cfg, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(server.start())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await server.close()
+
+    app = FastAPI(title="kaiflow inference server", lifespan=lifespan)
+    app.state.server = server
+    app.add_middleware(metrics.MetricsMiddleware, metrics=lambda: server.metrics)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    @app.get("/healthz")
+    async def health() -> JSONResponse:
+        if server.ready:
+            return JSONResponse({"status": "ok", "engine": engine.name, "model": cfg.served_model_name})
+        body = {"status": "failed" if server.failure else "loading", "detail": server.failure}
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = server.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        created = int(time.time())
+        data = [{"id": cfg.served_model_name, "object": "model", "created": created, "owned_by": "kaiflow",
+                 "root": cfg.model_path, "parent": None, "max_model_len": engine.max_model_len or None}]
+        for name in server.adapters.names():
+            adapter = server.adapters.get(name)
+            if adapter:
+                data.append({"id": name, "object": "model", "created": created, "owned_by": "kaiflow",
+                             "root": str(adapter.source), "parent": cfg.served_model_name, "strength": adapter.strength})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(req: protocol.LoadAdapterRequest) -> dict[str, Any]:
+        server.require_ready()
+        if req.lora_name in server.base_names():
+            raise errors.BadRequest(f"lora_name {req.lora_name!r} is the base model's name; choose another", param="lora_name")
+        adapter = await server.adapters.load(adapters.make_spec(req.lora_name, req.lora_path, req.strength))
+        server.metrics.adapters.set(len(server.adapters.names()))
+        return {"status": "ok", "lora_name": adapter.name, "version": adapter.version, "strength": adapter.strength,
+                "message": f"Success: LoRA adapter '{adapter.name}' added successfully."}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(req: protocol.UnloadAdapterRequest) -> dict[str, Any]:
+        server.require_ready()
+        await server.adapters.unload(req.lora_name)
+        server.metrics.adapters.set(len(server.adapters.names()))
+        return {"status": "ok", "lora_name": req.lora_name,
+                "message": f"Success: LoRA adapter '{req.lora_name}' removed successfully."}
+
+    @app.post("/chat")
+    async def kaito_chat(req: protocol.KaitoChatRequest) -> dict[str, str]:
+        server.require_ready()
+        if req.prompt is None and not req.messages:
+            raise errors.BadRequest("give 'prompt' (text generation) or 'messages' (a chat), e.g. {\"prompt\": \"Hello\"}",
+                                    param="prompt")
+        adapter = server.pick_adapter(req.model, chat_default=True)
+        gk = req.generate_kwargs
+        if req.messages:
+            prompt_text, ids = "", server.chat_ids(req.messages)
+        else:
+            prompt_text = (req.prefix or "") + (req.prompt or "")
+            ids = server.text_ids(prompt_text)
+        max_new = gk.max_new_tokens or gk.max_length - len(ids)
+        if max_new < 1:
+            raise errors.BadRequest(f"the prompt is {len(ids)} tokens, not fewer than generate_kwargs.max_length "
+                                    f"({gk.max_length}): raise max_length or set max_new_tokens", param="max_length")
+        if req.handle_long_generation == "hole" and len(ids) + max_new > engine.max_model_len:
+            ids = ids[-max(1, engine.max_model_len - max_new):]  # Kaito's "hole": keep the prompt's end
+        max_new = server.check_length(len(ids), max_new, field="generate_kwargs.max_length")
+        gen = server.generate("/chat", ids, kaito_sampling(gk, len(ids), max_new), adapter)
+        text, _, _ = await _collect(await _start(gen), gen)
+        full = req.return_full_text and not req.messages
+        return {"Result": (prompt_text + text) if full else text}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: protocol.ChatCompletionRequest) -> Any:
+        server.require_ready()
+        adapter = server.pick_adapter(req.model, chat_default=False)
+        ids = server.chat_ids(req.messages)
+        max_tokens = server.check_length(len(ids), req.max_completion_tokens or req.max_tokens)
+        gen = server.generate("/v1/chat/completions", ids, openai_sampling(req, max_tokens), adapter)
+        first = await _start(gen)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_label(adapter)}
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _stream_response(_chat_events(head, first, gen, len(ids), usage))
+        text, tokens, reason = await _collect(first, gen)
+        return {**head, "object": "chat.completion", "usage": _usage(len(ids), tokens),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                             "logprobs": None}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: protocol.CompletionRequest) -> Any:
+        server.require_ready()
+        if req.suffix:
+            raise errors.BadRequest("suffix is not supported by this server", param="suffix")
+        adapter = server.pick_adapter(req.model, chat_default=False)
+        prompt_text, ids = _completion_prompt(server, req.prompt)
+        max_tokens = server.check_length(len(ids), req.max_tokens)
+        gen = server.generate("/v1/completions", ids, openai_sampling(req, max_tokens), adapter)
+        first = await _start(gen)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_label(adapter)}
+        echo = prompt_text if req.echo else ""
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _stream_response(_completion_events(head, echo, first, gen, len(ids), usage))
+        text, tokens, reason = await _collect(first, gen)
+        return {**head, "object": "text_completion", "usage": _usage(len(ids), tokens),
+                "choices": [{"index": 0, "text": echo + text, "finish_reason": reason, "logprobs": None}]}
+
+    return app
+
+
+def _completion_prompt(server: Server, prompt: Any) -> tuple[str, list[int]]:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt, server.text_ids(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        vocab = len(server.tokenizer)
+        if any(t < 0 or t >= vocab for t in prompt):
+            raise errors.BadRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        return server.tokenizer.decode(prompt), list(prompt)
+    raise errors.BadRequest("prompt must be one string or one list of token ids (batches are not served)", param="prompt")
+
+
+def _stream_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(first: base.Delta, rest: AsyncIterator[base.Delta], chunk: Callable[[base.Delta], dict],
+                  usage_chunk: Callable[[int], dict] | None) -> AsyncIterator[str]:
+    tokens = 0
+    try:
+        delta = first
+        while True:
+            tokens += delta.num_tokens
+            if delta.text or delta.finish_reason:
+                yield _sse(chunk(delta))
+            if delta.finish_reason:
+                break
+            delta = await rest.__anext__()
+        if usage_chunk:
+            yield _sse(usage_chunk(tokens))
+    except StopAsyncIteration:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        log.exception("stream failed")
+        yield _sse({"error": {"message": str(exc), "type": type(exc).__name__, "code": 500}})
+    finally:
+        await rest.aclose()
+    yield "data: [DONE]\n\n"
+
+
+def _chat_events(head: dict, first: base.Delta, rest: AsyncIterator[base.Delta], prompt_len: int,
+                 usage: bool) -> AsyncIterator[str]:
+    base_chunk = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(delta: base.Delta) -> dict:
+        return {**base_chunk, "choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {},
+                                           "finish_reason": delta.finish_reason, "logprobs": None}]}
+
+    async def events() -> AsyncIterator[str]:
+        yield _sse({**base_chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None, "logprobs": None}]})
+        usage_chunk = (lambda n: {**base_chunk, "choices": [], "usage": _usage(prompt_len, n)}) if usage else None
+        async for event in _events(first, rest, chunk, usage_chunk):
+            yield event
+
+    return events()
+
+
+def _completion_events(head: dict, echo: str, first: base.Delta, rest: AsyncIterator[base.Delta], prompt_len: int,
+                       usage: bool) -> AsyncIterator[str]:
+    base_chunk = {**head, "object": "text_completion"}
+    if echo:
+        first = base.Delta(echo + first.text, first.num_tokens, first.finish_reason)
+
+    def chunk(delta: base.Delta) -> dict:
+        return {**base_chunk, "choices": [{"index": 0, "text": delta.text, "finish_reason": delta.finish_reason,
+                                           "logprobs": None}]}
+
+    usage_chunk = (lambda n: {**base_chunk, "choices": [], "usage": _usage(prompt_len, n)}) if usage else None
+    return _events(first, rest, chunk, usage_chunk)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+def _error_response(request: Request, status: int, message: str, kind: str, param: str | None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    if request.url.path.startswith("/v1/"):
+        body: dict[str, Any] = {"object": "error", "error": {"message": message, "type": kind, "param": param, "code": status}}
+    else:
+        body = {"detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServingError)
+    async def serving_error(request: Request, exc: errors.ServingError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, errors.Overloaded):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif isinstance(exc, errors.NotReady):
+            headers = {"Retry-After": "5"}
+        return _error_response(request, exc.status, exc.message, exc.kind, exc.param, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                message = f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+                return _error_response(request, 400, message, "BadRequestError", None)
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{loc or 'body'}: {err.get('msg')}")
+        message = "invalid request: " + "; ".join(problems)
+        return _error_response(request, 400, message, "BadRequestError", None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error_response(request, 500, f"internal error ({type(exc).__name__}); see the server log",
+                               "InternalServerError", None)

