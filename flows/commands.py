@@ -133,7 +133,8 @@ def cmd_chat(args) -> int:
     if not r.get("endpoint"):
         raise KaiflowError(f"workspace {args.name} has no endpoint (no inference, or not deployed yet)")
     try:
-        resp = httpx.post(f"{r['endpoint']}/chat", json={"prompt": args.prompt, "generate_kwargs": {"max_length": args.max_tokens}}, timeout=120)
+        resp = httpx.post(f"{r['endpoint']}/chat", json={"messages": [{"role": "user", "content": args.prompt}],
+                                                       "generate_kwargs": {"max_length": args.max_tokens}}, timeout=120)
     except httpx.HTTPError as exc:
         raise KaiflowError(f"endpoint {r['endpoint']} did not answer ({exc}); see `kaiflow describe workspace {args.name}`") from None
     if resp.status_code != 200:

@@ -1,0 +1,73 @@
+"""``make demo``: the main job on one CPU machine, end to end.
+
+Serves ``examples/local/data`` over HTTP on 127.0.0.1:8765 (a detached file server), applies
+``examples/local/tune-and-serve.yaml`` (QLoRA-tune tiny-phi-3 on those question/answer pairs, push
+the adapter image, serve it), lists the workspaces, then asks the endpoint every training question
+through ``/chat`` and the OpenAI API and shows whether it answers as the data taught it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from infra import local_process
+from workspace import settings
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "examples" / "local" / "data"
+WORKSPACE = REPO / "examples" / "local" / "tune-and-serve.yaml"
+PORT = 8765
+
+
+def serve_data() -> None:
+    try:
+        if httpx.get(f"http://127.0.0.1:{PORT}/qa.jsonl", timeout=2).status_code == 200:
+            return
+    except httpx.HTTPError:
+        pass
+    home = settings.load().home_dir / "demo"
+    home.mkdir(parents=True, exist_ok=True)
+    pid = local_process.start([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(DATA), str(PORT)],
+                              log_path=home / "data-server.log", pidfile=home / "data-server.pid")
+    local_process.wait_healthy(f"http://127.0.0.1:{PORT}/qa.jsonl", pid=pid, marker="http.server", timeout=20)
+
+
+def cmd_demo(args=None) -> int:
+    from flows import cli
+
+    os.environ["KAIFLOW_ALLOW_PRIVATE_URLS"] = "true"
+    serve_data()
+    print(f"$ kaiflow apply -f {WORKSPACE.relative_to(REPO)}", flush=True)
+    rc = cli.main(["apply", "-f", str(WORKSPACE)])
+    if rc:
+        return rc
+    print("\n$ kaiflow get workspaces")
+    cli.main(["get", "workspaces"])
+    from infra import local_state
+
+    endpoint = local_state.load("tiny-tune-and-serve")["endpoint"]
+    pairs = [json.loads(line)["messages"] for line in (DATA / "qa.jsonl").read_text().splitlines() if line.strip()]
+    print(f"\nAsking {endpoint} what the training data taught (POST /chat, then /v1/chat/completions):")
+    right = 0
+    for messages in pairs:
+        q, want = messages[0]["content"], messages[-1]["content"]
+        got = httpx.post(f"{endpoint}/chat", json={"messages": [{"role": "user", "content": q}], "generate_kwargs": {"max_length": 64}}, timeout=60).json()["Result"]
+        ok = got.strip().startswith(want)
+        right += ok
+        print(f"  {'✓' if ok else '✗'} {q!r:42} -> {got.strip()!r} (taught {want!r})")
+    chat = httpx.post(f"{endpoint}/v1/chat/completions", timeout=60, json={
+        "model": "tiny-tune-and-serve", "messages": [{"role": "user", "content": pairs[0][0]["content"]}], "max_tokens": 16,
+        "temperature": 0}).json()
+    print(f"  OpenAI API, model tiny-tune-and-serve: {chat['choices'][0]['message']['content']!r}")
+    print(f"\n{right}/{len(pairs)} answers as taught. Try: .venv/bin/kaiflow chat tiny-tune-and-serve \"{pairs[0][0]['content']}\"")
+    print("Stop the server with: .venv/bin/kaiflow delete workspace tiny-tune-and-serve")
+    return 0 if right == len(pairs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cmd_demo())
