@@ -17,6 +17,7 @@ are set per path and consumed in order::
         srv.fail("train.jsonl", fileserver.STATUS, status=503, times=2)  # 5xx twice, then OK
         srv.fail("gone.jsonl", fileserver.STATUS, status=404, times=None)  # always 404
         srv.fail("page.jsonl", fileserver.HTML)   # answer 200 with an HTML page (a login wall)
+        srv.fail("old.jsonl", fileserver.REDIRECT, location="/new.jsonl")  # 302 elsewhere
         srv.requests                   # [(method, path, status, request headers), ...]
         srv.hits("train.jsonl")        # how many GETs that path received
 """
@@ -36,6 +37,7 @@ from typing import Any
 DROP = "drop"
 STATUS = "status"
 HTML = "html"
+REDIRECT = "redirect"
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please sign in</body></html>\n"
 
 
@@ -45,6 +47,7 @@ class Fault:
     times: int | None = 1  # None: every request
     status: int = 503
     after: int = 0  # DROP: bytes of the body sent before the connection is cut
+    location: str = ""  # REDIRECT: the Location header
 
 
 class FileServer:
@@ -70,7 +73,8 @@ class FileServer:
         self.port = int(self._server.server_address[1])
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fileserver", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fileserver", daemon=True)
         self._thread.start()
         return self
 
@@ -90,10 +94,11 @@ class FileServer:
     def url_for(self, path: str) -> str:
         return f"{self.url}/{path.lstrip('/')}"
 
-    def fail(self, path: str, kind: str, *, times: int | None = 1, status: int = 503, after: int = 0) -> None:
+    def fail(self, path: str, kind: str, *, times: int | None = 1, status: int = 503, after: int = 0,
+             location: str = "") -> None:
         """Queue a fault for GETs of ``path`` (relative to root, no query string)."""
         with self._lock:
-            self._faults.setdefault("/" + path.lstrip("/"), []).append(Fault(kind, times, status, after))
+            self._faults.setdefault("/" + path.lstrip("/"), []).append(Fault(kind, times, status, after, location))
 
     def hits(self, path: str, status: int | None = None) -> int:
         want = "/" + path.lstrip("/")
@@ -144,6 +149,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = self.owner._next_fault(path) if not head else None
         if fault and fault.kind == STATUS:
             return self._send_simple(path, fault.status, b"error\n", "text/plain")
+        if fault and fault.kind == REDIRECT:
+            self._record(path, 302)
+            self.send_response(302)
+            self.send_header("Location", fault.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if fault and fault.kind == HTML:
             return self._send_simple(path, 200, HTML_PAGE, "text/html; charset=utf-8")
         file = (self.owner.root / path.lstrip("/")).resolve()
