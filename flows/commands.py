@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -15,6 +16,25 @@ from workspace.errors import KaiflowError
 def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class _NoTracebackForKaiflowErrors(logging.Filter):
+    """kaiflow's own errors carry a message that says what to change; their tracebacks are noise
+    (``--debug`` keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KaiflowError):
+            record.exc_info, record.exc_text = None, None
+            if "Finished in state Failed" not in record.getMessage():
+                record.msg, record.args = record.getMessage().splitlines()[0], ()
+        return True
+
+
+def _filter_prefect_tracebacks() -> None:
+    f = _NoTracebackForKaiflowErrors()
+    for name in ["prefect", *[n for n in logging.Logger.manager.loggerDict if n.startswith("prefect")]]:
+        for h in logging.getLogger(name).handlers:
+            h.addFilter(f)
 
 
 def cmd_apply(args) -> int:
@@ -30,13 +50,16 @@ def cmd_apply(args) -> int:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     from flows.workspace_flow import workspace_flow
 
+    if not args.debug:
+        _filter_prefect_tracebacks()
+
     print(f"Prefect API: {api}", file=sys.stderr)
     failed = 0
     for ws in bundle.workspaces:
         try:
             result = workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
         except KaiflowError as exc:
-            print(f"error: workspace {ws.name}: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
         line = f"workspace {ws.name}: ready"
