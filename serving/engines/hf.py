@@ -214,6 +214,8 @@ class _TextStreamer:
         pass
 
     def finish(self, reason: str) -> base.Delta:
+        # like vLLM's detokenizer, drop bytes of a UTF-8 sequence the generation left unfinished
+        self.text = self.text.rstrip("\ufffd") if len(self.text.rstrip("\ufffd")) >= self.sent else self.text
         delta = base.Delta(self.text[self.sent:], self.pending_tokens, reason)
         self.sent, self.pending_tokens = len(self.text), 0
         return delta

@@ -1,0 +1,130 @@
+"""Fixtures for the serving tests: adapters built with peft on the tiny model, and real servers.
+
+Each server is `python -m serving` in a child process on a free 127.0.0.1 port, reached over
+HTTP. The transformers servers start in seconds; the one vLLM server is shared by the whole
+session (it takes ~30-50 s to start on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+def build_adapter(model_dir: Path, dest: Path, seed: int, rank: int = 8) -> Path:
+    """A LoRA adapter with random (non-zero) A and B, so it visibly changes the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tiny_model: Path, session_tmp: Path) -> dict[str, Path]:
+    root = session_tmp / "serving-adapters"
+    return {name: build_adapter(tiny_model, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], *, timeout_s: float = 240, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    """Start `python -m serving ARGS` and wait for /health 200; stop it (by PID) afterwards."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="serving-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving", *args, "--port", str(port)], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        _wait_healthy(server, timeout_s)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(server: RunningServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"server not healthy after {timeout_s} s:\n{server.log_tail()}")
+
+
+def adapter_args(adapter_dirs: dict[str, Path]) -> list[str]:
+    """The adapter set every multi-adapter server gets: the same adapter at strength 1, 0 and 0.5, and another."""
+    a, b = adapter_dirs["alpha"], adapter_dirs["beta"]
+    return ["--adapter", f"alpha={a}", "--adapter", f"alpha-zero={a}:0", "--adapter", f"alpha-half={a}:0.5",
+            "--adapter", f"beta={b}"]
+
+
+@pytest.fixture(scope="session")
+def transformers_server(adapter_dirs: dict[str, Path]) -> Iterator[RunningServer]:
+    with running_server(["--model", "tiny-phi-3", "--engine", "transformers", *adapter_args(adapter_dirs)]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_server(adapter_dirs: dict[str, Path], session_tmp: Path) -> Iterator[RunningServer]:
+    pytest.importorskip("vllm")
+    config = session_tmp / "inference_config.yaml"
+    # Kaito's file shape; float32 so vLLM computes in the same precision as the transformers engine
+    config.write_text("max_probe_steps: 6\nvllm:\n  dtype: float32\n  max-model-len: 1024\n")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    args = ["--model", "tiny-phi-3", "--engine", "vllm", "--config", str(config), *adapter_args(adapter_dirs)]
+    with running_server(args, env=env, timeout_s=400) as server:
+        yield server
+
+
+ENGINES = [
+    pytest.param("transformers", id="transformers"),
+    pytest.param("vllm", id="vllm", marks=[pytest.mark.vllm, pytest.mark.slow]),
+]
+
+
+@pytest.fixture(params=ENGINES)
+def server(request: pytest.FixtureRequest) -> RunningServer:
+    """Each test taking ``server`` runs once per engine."""
+    return request.getfixturevalue(f"{request.param}_server")
