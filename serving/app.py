@@ -59,6 +59,8 @@ class Server:
         try:
             await self.engine.start()
             self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.cfg.model_path)
+            if self.cfg.chat_template is not None:
+                self.tokenizer.chat_template = self.cfg.chat_template.read_text()
             for spec in self.cfg.adapters:
                 await self.adapters.load(spec)
             self.metrics.adapters.set(len(self.adapters.names()))
@@ -133,13 +135,13 @@ class Server:
                                     f"{self.cfg.max_queue_depth}); retry in {retry} s", retry_after_s=retry)
 
     async def generate(self, endpoint: str, prompt_ids: list[int], sampling: base.Sampling,
-                       adapter: base.LoadedAdapter | None) -> AsyncIterator[base.Delta]:
+                       adapter: base.LoadedAdapter | None, *, deltas: bool = True) -> AsyncIterator[base.Delta]:
         """Admit, run and account one request; the first ``__anext__`` raises if it is refused."""
         self.admit()
         self._enter(adapter)
         start, first, tokens = time.perf_counter(), True, 0
         try:
-            async for delta in self.engine.stream(uuid.uuid4().hex, prompt_ids, sampling, adapter):
+            async for delta in self.engine.stream(uuid.uuid4().hex, prompt_ids, sampling, adapter, deltas=deltas):
                 if first and (delta.text or delta.finish_reason):
                     self.metrics.first_token.labels(endpoint).observe(time.perf_counter() - start)
                     first = False
@@ -295,7 +297,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                                     param="prompt")
         adapter = server.pick_adapter(req.model, chat_default=True)
         gk = req.generate_kwargs
-        if req.messages:
+        if req.messages:  # the Result is the assistant's reply alone
             prompt_text, ids = "", server.chat_ids(req.messages)
         else:
             prompt_text = (req.prefix or "") + (req.prompt or "")
@@ -307,7 +309,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         if req.handle_long_generation == "hole" and len(ids) + max_new > engine.max_model_len:
             ids = ids[-max(1, engine.max_model_len - max_new):]  # Kaito's "hole": keep the prompt's end
         max_new = server.check_length(len(ids), max_new, field="generate_kwargs.max_length")
-        gen = server.generate("/chat", ids, kaito_sampling(gk, len(ids), max_new), adapter)
+        gen = server.generate("/chat", ids, kaito_sampling(gk, len(ids), max_new), adapter, deltas=False)
         text, _, _ = await _collect(await _start(gen), gen)
         full = req.return_full_text and not req.messages
         return {"Result": (prompt_text + text) if full else text}
@@ -318,7 +320,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         adapter = server.pick_adapter(req.model, chat_default=False)
         ids = server.chat_ids(req.messages)
         max_tokens = server.check_length(len(ids), req.max_completion_tokens or req.max_tokens)
-        gen = server.generate("/v1/chat/completions", ids, openai_sampling(req, max_tokens), adapter)
+        gen = server.generate("/v1/chat/completions", ids, openai_sampling(req, max_tokens), adapter, deltas=req.stream)
         first = await _start(gen)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_label(adapter)}
         if req.stream:
@@ -337,7 +339,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         adapter = server.pick_adapter(req.model, chat_default=False)
         prompt_text, ids = _completion_prompt(server, req.prompt)
         max_tokens = server.check_length(len(ids), req.max_tokens)
-        gen = server.generate("/v1/completions", ids, openai_sampling(req, max_tokens), adapter)
+        gen = server.generate("/v1/completions", ids, openai_sampling(req, max_tokens), adapter, deltas=req.stream)
         first = await _start(gen)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_label(adapter)}
         echo = prompt_text if req.echo else ""

@@ -3,7 +3,10 @@
 Kaito mounts an `inference_config.yaml` whose `vllm:` section holds vLLM engine arguments in their
 command-line spelling (`max-model-len: 4096`); those pass through unchanged as engine arguments
 (checked against vLLM's `AsyncEngineArgs` when the vLLM engine starts, so a typo is named).
-Kaito's other top-level keys (`max_probe_steps`) are accepted and ignored. A preset's own
+Kaito's other top-level keys (`max_probe_steps`) are accepted and ignored; `chat-template` (a
+file, an argument of vLLM's OpenAI server) replaces the model's chat template on both engines; engine
+arguments that current vLLM removed (`swap-space`, which Kaito's default file sets) are dropped
+with a warning. A preset's own
 `vllm_args` (from `presets/`) apply first, the file's `vllm:` keys override them.
 """
 
@@ -33,6 +36,7 @@ class ServerConfig:
     engine: str = "auto"
     adapters: list[adapters.AdapterSpec] = field(default_factory=list)
     vllm_args: dict[str, Any] = field(default_factory=dict)
+    chat_template: Path | None = None
     max_queue_depth: int = 256
     enable_lora: bool = True
     log_level: str = "info"
@@ -62,6 +66,10 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         raise errors.ConfigError(f"--port {ns.port} is not a TCP port; use 1-65535")
     if ns.max_queue_depth < 0:
         raise errors.ConfigError("--max-queue-depth must be 0 or more")
+    vllm_args = {**preset_vllm_args(ns.model), **load_vllm_args(ns.config)}
+    template = vllm_args.get("chat-template", vllm_args.get("chat_template"))
+    if template is not None and not Path(str(template)).is_file():
+        raise errors.ConfigError(f"--config {ns.config}: vllm: chat-template {template} is not a file")
     specs = [adapters.parse_spec(text) for text in ns.adapter]
     duplicates = {s.name for s in specs if sum(t.name == s.name for t in specs) > 1}
     if duplicates:
@@ -76,7 +84,8 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         host=ns.host,
         engine=ns.engine,
         adapters=specs,
-        vllm_args={**preset_vllm_args(ns.model), **load_vllm_args(ns.config)},
+        vllm_args=vllm_args,
+        chat_template=Path(str(template)) if template is not None else None,
         max_queue_depth=ns.max_queue_depth,
         enable_lora=ns.enable_lora,
         log_level=ns.log_level,

@@ -75,9 +75,14 @@ class Engine(Protocol):
         """Load the model (may take minutes); the server reports ready only after it returns."""
 
     def stream(
-        self, request_id: str, prompt_ids: list[int], sampling: Sampling, adapter: LoadedAdapter | None
+        self, request_id: str, prompt_ids: list[int], sampling: Sampling, adapter: LoadedAdapter | None,
+        *, deltas: bool = True,
     ) -> AsyncIterator[Delta]:
-        """Generate from ``prompt_ids``; closing the iterator early cancels the request."""
+        """Generate from ``prompt_ids``; closing the iterator early cancels the request.
+
+        ``deltas=False`` (a non-streamed response) lets the engine send all the text at the end
+        in one delta, which spares a wake-up per token under load.
+        """
 
     async def add_adapter(self, adapter: LoadedAdapter) -> None:
         """Make ``adapter`` servable; raise `errors.BadRequest` if the engine cannot serve it."""

@@ -82,7 +82,7 @@ class TransformersEngine:
             self._peft.delete_adapter(adapter.key)
 
     async def stream(self, request_id: str, prompt_ids: list[int], sampling: base.Sampling,
-                     adapter: base.LoadedAdapter | None) -> AsyncIterator[base.Delta]:
+                     adapter: base.LoadedAdapter | None, *, deltas: bool = True) -> AsyncIterator[base.Delta]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()

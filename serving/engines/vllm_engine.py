@@ -26,6 +26,12 @@ from serving.engines import base
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# Engine arguments that Kaito's inference_config.yaml files still carry but current vLLM removed:
+# dropped with a warning, so an unchanged Kaito config keeps working.
+RETIRED_ARGS = {"swap_space", "num_scheduler_steps", "max_seq_len_to_capture", "use_v2_block_manager"}
+# Arguments of vLLM's OpenAI server rather than of its engine: this server has its own.
+SERVER_ARGS = {"tool_call_parser", "enable_auto_tool_choice", "reasoning_parser", "disable_log_requests",
+               "uvicorn_log_level", "api_key", "host", "port", "served_model_name", "chat_template"}
 
 
 class VllmEngine:
@@ -48,7 +54,12 @@ class VllmEngine:
             kwargs.update(enable_lora=True, max_loras=max(4, count),
                           max_lora_rank=next((r for r in LORA_RANKS if r >= needed), LORA_RANKS[-1]))
         for key, value in engine_args.items():
-            kwargs[key.replace("-", "_")] = value
+            name = key.replace("-", "_")
+            if name in RETIRED_ARGS or name in SERVER_ARGS:
+                log.warning("vllm argument %r is ignored (%s)", key,
+                            "removed from current vLLM" if name in RETIRED_ARGS else "not an engine argument")
+                continue
+            kwargs[name] = value
         return kwargs
 
     def engine_args(self) -> Any:
@@ -78,22 +89,21 @@ class VllmEngine:
                  self.model_path, self.max_model_len, self.capacity, self.max_lora_rank)
 
     async def stream(self, request_id: str, prompt_ids: list[int], sampling: base.Sampling,
-                     adapter: base.LoadedAdapter | None) -> AsyncIterator[base.Delta]:
+                     adapter: base.LoadedAdapter | None, *, deltas: bool = True) -> AsyncIterator[base.Delta]:
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
 
-        params = self._sampling_params(sampling)
+        params = self._sampling_params(sampling, deltas)
         lora = self._lora_request(adapter) if adapter else None
         try:
             async for output in self._llm.generate(tokens_input(prompt_ids), params, request_id, lora_request=lora):
                 choice = output.outputs[0]
                 reason = (choice.finish_reason or "stop") if output.finished else None
                 yield base.Delta(choice.text, len(choice.token_ids), reason)
-        except Exception as exc:
-            if type(exc).__name__ in ("VLLMValidationError", "VLLMClientError", "ValueError"):
-                raise errors.BadRequest(str(exc)) from exc
-            raise
+        except (VLLMClientError, ValueError) as exc:  # the engine refused the request itself
+            raise errors.BadRequest(str(exc)) from exc
 
-    def _sampling_params(self, s: base.Sampling) -> Any:
+    def _sampling_params(self, s: base.Sampling, deltas: bool = True) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -102,7 +112,7 @@ class VllmEngine:
             temperature=0.0 if s.greedy else s.temperature,
             top_p=1.0 if s.greedy else s.top_p, top_k=0 if s.greedy or s.top_k <= 0 else s.top_k,
             seed=s.seed, stop=list(s.stop) or None, repetition_penalty=s.repetition_penalty,
-            ignore_eos=s.ignore_eos, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+            ignore_eos=s.ignore_eos, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA if deltas else RequestOutputKind.FINAL_ONLY,
         )
 
     def _lora_request(self, adapter: base.LoadedAdapter) -> Any:

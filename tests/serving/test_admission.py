@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
+
+import presets
 
 from tests.serving.conftest import REPO, RunningServer, running_server
 
@@ -53,9 +57,17 @@ def test_full_queue_answers_429_with_retry_after_then_recovers(one_adapter_serve
         assert kaito.status_code == 429 and "Retry-After" in kaito.headers
     finally:
         stream.close()  # the client goes away: the server cancels the generation
+    wait_until_idle(one_adapter_server)
     assert chat(one_adapter_server)
     metrics = httpx.get(f"{one_adapter_server.url}/metrics").text
     assert 'kaiflow_requests_total{endpoint="/v1/completions",status="429"} 1.0' in metrics
+
+
+def wait_until_idle(server: RunningServer, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while "kaiflow_requests_in_flight 0.0" not in httpx.get(f"{server.url}/metrics").text:
+        assert time.monotonic() < deadline, "the cancelled request never left the server"
+        time.sleep(0.1)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -91,3 +103,18 @@ def test_unknown_vllm_engine_argument_is_named(tmp_path: Path) -> None:
     result = run_cli("--model", BASE, "--engine", "vllm", "--port", "1", "--config", str(config))
     assert result.returncode == 2
     assert "max-modle-len" in result.stderr and "max-model-len" in result.stderr
+
+
+@pytest.mark.slow
+def test_kaito_config_with_retired_vllm_keys_and_a_chat_template_starts(tmp_path: Path) -> None:
+    """Kaito's default inference_config.yaml sets swap-space, which current vLLM removed."""
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
+    config = tmp_path / "inference_config.yaml"
+    config.write_text(f"max_probe_steps: 6\nvllm:\n  cpu-offload-gb: 0\n  swap-space: 4\n  chat-template: {template}\n")
+    with running_server(["--model", BASE, "--engine", "transformers", "--config", str(config)]) as server:
+        messages = [{"role": "user", "content": "Hello"}]
+        c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        usage = c.chat.completions.create(model=BASE, messages=messages, max_tokens=2, temperature=0).usage
+        tokenizer = AutoTokenizer.from_pretrained(presets.resolve_model_source(BASE))
+        assert usage.prompt_tokens == len(tokenizer.encode("[user] Hello\n[assistant] ", add_special_tokens=False))
