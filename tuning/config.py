@@ -87,8 +87,7 @@ _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
         "save_steps": 50,
         "save_total_limit": 2,
         "max_length": 2048,
-        "packing": True,
-        "packing_strategy": "bfd",
+        "train_sampling_strategy": "group_by_length",
         "gradient_checkpointing": True,
         "optim": "adamw_torch",
         "report_to": "none",
@@ -410,12 +409,32 @@ def _normalise(resolved: dict[str, dict[str, Any]], user: dict[str, dict[str, An
         for key in [k for k in quant if k.startswith("bnb_4bit") or k == "load_in_4bit"]:
             quant.pop(key)
     quant.pop("quant_method", None)
+    _choose_batching(resolved, user)
     collator = resolved["DataCollator"]
     if collator.get("mlm"):
         collator["mlm"] = False  # causal LM: Kaito turns masked-LM off the same way
     target = resolved["LoraConfig"].get("target_modules")
     if isinstance(target, str) and target != "all-linear":
         resolved["LoraConfig"]["target_modules"] = [part.strip() for part in target.split(",") if part.strip()]
+
+
+def _choose_batching(resolved: dict[str, dict[str, Any]], user: dict[str, dict[str, Any]]) -> None:
+    """Packing where attention can skip across packed rows (FlashAttention), length grouping elsewhere.
+
+    trl's best-fit packing flattens a batch into one padding-free row; SDPA and eager attention
+    then compute the whole (batch × max_length)² score matrix under a block mask, which is slower
+    than padding on CPUs and GPUs without flash-attn. Grouping rows of similar length removes most
+    padding with any attention kernel (bench/tuning.py measures both).
+    """
+    args, user_args = resolved["TrainingArguments"], user.get("TrainingArguments", {})
+    flash = "flash" in str(resolved["ModelConfig"].get("attn_implementation") or "")
+    if "packing" in user_args or not flash:
+        if args.get("packing") and "train_sampling_strategy" not in user_args:
+            args.pop("train_sampling_strategy", None)  # packed blocks all have one length
+        return
+    args.update(packing=True, packing_strategy="bfd")
+    if "train_sampling_strategy" not in user_args:
+        args.pop("train_sampling_strategy", None)
 
 
 def _check(resolved: dict[str, dict[str, Any]]) -> None:
@@ -427,8 +446,6 @@ def _check(resolved: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("QuantizationConfig.bnb_4bit_quant_type: use 'nf4' or 'fp4'")
     if int(lora.get("r", 1)) <= 0:
         raise ConfigError("LoraConfig.r: must be a positive integer")
-    if not lora.get("target_modules"):
-        raise ConfigError("LoraConfig.target_modules: no default is known for this model; list the module names")
     split = data.get("train_test_split", 1.0)
     if not 0 < float(split) <= 1:
         raise ConfigError(f"DatasetConfig.train_test_split: must be in (0, 1], got {split}")

@@ -21,6 +21,8 @@ from typing import Any
 
 EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 ROLES = ("system", "user", "assistant", "tool")
+# metadata that datasets' save_to_disk writes beside its .arrow shards
+_NOT_DATA = {"dataset_info.json", "state.json", "dataset_dict.json"}
 _INSTRUCTION_PAIRS = (("instruction", "response"), ("instruction", "output"), ("question", "answer"))
 _EXTRA_CONTEXT = ("context", "input")
 
@@ -50,13 +52,17 @@ def find_files(path: str | Path, dataset_config: dict[str, Any] | None = None) -
         return [root]
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset path does not exist; pass the folder holding the files to --data")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and _format_of(p, config))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_data_file(p, config))
     if not files:
         found = sorted(p.name for p in root.rglob("*") if p.is_file())[:10]
         raise DatasetError(
             f"{root}: no dataset file found (looked for {', '.join(sorted(EXTENSIONS))}); files there: {found or 'none'}"
         )
     return files
+
+
+def _is_data_file(path: Path, config: dict[str, Any]) -> bool:
+    return not path.name.startswith(".") and path.name not in _NOT_DATA and _format_of(path, config) is not None
 
 
 def _format_of(path: Path, config: dict[str, Any]) -> str | None:

@@ -26,6 +26,15 @@ def say(message: str) -> None:
     print(f"[tuning] {message}", flush=True)
 
 
+def quiet_libraries() -> None:
+    """Turn off datasets' and transformers' progress bars: stderr is kept for the one ``error:`` line."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 class Reporter(TrainerCallback):
     """Prints progress lines and collects loss, tokens and training time."""
 

@@ -150,8 +150,10 @@ def load_model(source: str, resolved: dict[str, Any]) -> Any:
         checkpointing = bool(resolved["TrainingArguments"].get("gradient_checkpointing"))
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     model.config.use_cache = False
-    lora = LoraConfig(**resolved["LoraConfig"])
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, LoraConfig(**resolved["LoraConfig"]))
+    except (TypeError, ValueError) as exc:
+        raise tconfig.ConfigError(f"LoraConfig: {' '.join(str(exc).split())}") from None
 
 
 # ---------------------------------------------------------------- data
@@ -231,6 +233,7 @@ def _adapter_precision(model: Any, hardware: str) -> None:
 def run(spec: RunSpec) -> dict[str, Any]:
     """Train and publish the adapter; returns the metrics written to ``metrics.json``."""
     check_output(spec.output)
+    progress.quiet_libraries()
     resolved = spec.resolved
     progress.say(f"loading dataset from {spec.data_dir}")
     loaded = tdata.load_dataset_dir(spec.data_dir, resolved["DatasetConfig"])
