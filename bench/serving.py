@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--requests-per-client", type=int, default=3)
+    p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
     import presets
@@ -117,19 +118,19 @@ def main() -> None:
         for url in (v_url, k_url):  # warm-up: first requests compile and fill caches
             asyncio.run(one_level(url, "m", 4, 8, args.max_tokens))
         for r in range(args.rounds):
-            for c in CONCURRENCY:
+            for c in args.concurrency:
                 order = [("vllm", v_url), ("kaiflow", k_url)]
                 for name, url in (order if r % 2 == 0 else order[::-1]):
                     res = asyncio.run(one_level(url, "m", c, c * args.requests_per_client, args.max_tokens))
                     results.setdefault((name, c), []).append(res)
                     print(f"round {r} c={c:>2} {name:>7}: {res['tok_s']:8.1f} tok/s  p50 {res['p50'] * 1000:7.1f} ms"
                           f"  p99 {res['p99'] * 1000:7.1f} ms", flush=True)
-    report(results)
+    report(results, args.concurrency)
 
 
-def report(results: dict[tuple[str, int], list[dict[str, float]]]) -> None:
+def report(results: dict[tuple[str, int], list[dict[str, float]]], levels: list[int]) -> None:
     print("\nconcurrency | vLLM tok/s | kaiflow tok/s | ratio | vLLM p50/p99 ms | kaiflow p50/p99 ms")
-    for c in CONCURRENCY:
+    for c in levels:
         v = {k: statistics.median(r[k] for r in results[("vllm", c)]) for k in ("tok_s", "p50", "p99")}
         k = {k: statistics.median(r[k] for r in results[("kaiflow", c)]) for k in ("tok_s", "p50", "p99")}
         print(f"{c:>11} | {v['tok_s']:10.1f} | {k['tok_s']:13.1f} | {k['tok_s'] / v['tok_s']:5.2f} | "
