@@ -258,6 +258,10 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
     app.add_middleware(metrics.MetricsMiddleware, metrics=lambda: server.metrics)
     _install_error_handlers(app)
 
+    @app.get("/")
+    async def root() -> dict[str, str]:  # Kaito's liveness answer
+        return {"message": "Server is running"}
+
     @app.get("/health")
     @app.get("/healthz")
     async def health() -> JSONResponse:

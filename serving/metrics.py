@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import prometheus_client as prom
 
-ROUTES = {"/chat", "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/healthz",
+ROUTES = {"/", "/chat", "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/healthz",
           "/metrics", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

@@ -29,7 +29,10 @@ def vllm_unsupported_reason(model_path: str) -> str | None:
     if not config_file.is_file():
         return None  # a hub id: vLLM resolves it itself
     config = json.loads(config_file.read_text())
-    from vllm import ModelRegistry
+    try:
+        from vllm import ModelRegistry
+    except Exception as exc:  # noqa: BLE001 - e.g. a CUDA build of a dependency on a CPU machine
+        return f"vllm cannot be imported ({type(exc).__name__}: {exc})"
 
     archs = config.get("architectures") or []
     supported = set(ModelRegistry.get_supported_archs())

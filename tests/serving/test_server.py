@@ -25,7 +25,7 @@ def complete(server: RunningServer, model: str, prompt: str = PROMPT, max_tokens
 
 
 def test_health_and_models_list_base_and_adapters(server: RunningServer) -> None:
-    for path in ("/health", "/healthz"):
+    for path in ("/", "/health", "/healthz"):
         assert httpx.get(server.url + path).status_code == 200
     models = {m.id: m for m in client(server).models.list().data}
     assert set(models) == {BASE, "alpha", "alpha-zero", "alpha-half", "beta"}
