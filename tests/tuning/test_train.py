@@ -4,6 +4,7 @@ bad input fails cleanly, and a killed run resumes. Real training, real files, no
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,9 +19,24 @@ REPO = Path(__file__).resolve().parents[2]
 ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "COMPLETE"}
 
 
+# One torch thread: on a 2-core machine shared with other test runs, two spinning OpenMP threads
+# make the tiny model's steps 5-10x slower, and these tests are about behaviour, not speed.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_program(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tuning", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=ONE_THREAD)
 
 
 def events(stdout: str) -> list[dict]:
@@ -185,7 +201,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(chat_dir: Path, tmp_path:
     args = [sys.executable, "-m", "tuning", "--config", str(config), "--data", str(chat_dir), "--model",
             "tiny-phi-3", "--output", str(output), "--method", "lora", "--max-steps", "120"]
     checkpoints = output.with_name("out.checkpoints")
-    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=ONE_THREAD)
     try:
         for line in first.stdout:  # kill it (like a lost node) once a checkpoint is on disk
             event = progress.parse_line(line)
@@ -198,7 +215,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(chat_dir: Path, tmp_path:
     saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert 20 <= saved < 120
 
-    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240)
+    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240, env=ONE_THREAD)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from {checkpoints / f'checkpoint-{saved}'}" in second.stdout
     steps = [e["step"] for e in events(second.stdout) if "loss" in e]
