@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from serving import errors
