@@ -37,13 +37,13 @@ WORDS = ("the model answers questions about rivers mountains cities numbers colo
 
 
 def chat_rows(count: int, kind: str, seed: int = 0) -> list[dict]:
-    """Synthetic chats: ``mixed`` lengths (4–160 words per turn, like dolly) or ``uniform`` (~60 words)."""
+    """Synthetic chats: ``mixed`` lengths (2–115 words a chat, like dolly) or ``uniform`` (~60 words)."""
     rng = random.Random(seed)
 
     def text(low: int, high: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
 
-    bounds = {"mixed": ((4, 60), (4, 160)), "uniform": ((28, 32), (28, 32))}[kind]
+    bounds = {"mixed": ((2, 25), (2, 90)), "uniform": ((14, 16), (44, 46))}[kind]
     return [
         {"messages": [{"role": "user", "content": text(*bounds[0])}, {"role": "assistant", "content": text(*bounds[1])}]}
         for _ in range(count)
@@ -98,7 +98,7 @@ def baseline_run(data: Path, out: Path, resolved: dict) -> tuple[float, int, flo
         gradient_accumulation_steps=args_in["gradient_accumulation_steps"], learning_rate=args_in["learning_rate"],
         lr_scheduler_type=args_in["lr_scheduler_type"], max_length=args_in["max_length"],
         gradient_checkpointing=args_in["gradient_checkpointing"], use_cpu=True, bf16=False, report_to="none",
-        save_strategy="no", logging_steps=1000, disable_tqdm=True, seed=args_in["seed"],
+        save_strategy="no", logging_steps=1000, disable_tqdm=True, seed=args_in["seed"], optim=args_in["optim"],
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     started = time.monotonic()
