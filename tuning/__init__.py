@@ -1,0 +1,12 @@
+"""The tuning program (``python -m tuning``): Kaito-compatible LoRA/QLoRA with peft, trl and bitsandbytes.
+
+It runs inside a Kubernetes Job on a GPU node or as a local process, and imports neither Prefect
+nor Kubernetes. Modules:
+
+    config      training_config.yaml sections → one resolved dict (pure; the flow's cache key)
+    known_keys  accepted keys of the library dataclasses (snapshot, so config needs no torch)
+    data        dataset files in a folder → canonical chat / prompt-completion / text rows
+    train       model + adapter + trl SFTTrainer, checkpoints and resume, atomic adapter output
+    progress    ``KAIFLOW_PROGRESS {json}`` lines and the metrics.json summary
+    cli         flags, exit codes (0 ok, 2 bad config/dataset, 1 other failure)
+"""

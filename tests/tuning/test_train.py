@@ -235,3 +235,18 @@ def test_checkpoints_of_a_different_config_are_not_resumed(chat_dir: Path, tmp_p
     out = capsys.readouterr().out
     assert rc == 0 and "starting over" in out and "resuming" not in out
     assert json.loads((output / "metrics.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_kaitos_default_qlora_config_file_runs_unchanged_on_cpu(chat_dir: Path, tmp_path: Path, capsys):
+    from tests.tuning.test_config import KAITO_QLORA_YAML
+
+    config = tmp_path / "training_config.yaml"
+    config.write_text(KAITO_QLORA_YAML)
+    output = tmp_path / "out"
+    rc = cli.main(["--config", str(config), "--data", str(chat_dir), "--model", "tiny-phi-3", "--output",
+                   str(output), "--max-steps", "2"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    resolved = json.loads((output / "metrics.json").read_text())["resolved_config"]
+    assert resolved["ModelConfig"]["torch_dtype"] == "float32" and resolved["adjustments"]
+    assert not Path("/mnt/results").exists()  # the file's output_dir yields to --output
