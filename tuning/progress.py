@@ -44,11 +44,9 @@ class Reporter(TrainerCallback):
         self.tokens = 0
         self.train_seconds = 0.0
         self._train_started: float | None = None
-        self._first_step = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._train_started = time.monotonic()
-        self._first_step = state.global_step
         say(f"training: {state.max_steps} steps" + (f", resuming at step {state.global_step}" if state.global_step else ""))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
