@@ -39,7 +39,7 @@ weights fit in ``CPU_MAX_WEIGHTS_GB`` (real presets need a GPU; tiny-phi-3 runs 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import presets
 from presets import ModelPreset, Sku
@@ -77,7 +77,6 @@ class InferencePlan:
     kv_bytes_per_token: int
     disk_gib: int
     reason: str = ""
-    fitting_skus: list[str] = field(default_factory=list)
 
     def vllm_args(self) -> dict[str, object]:
         args: dict[str, object] = {"max-model-len": self.max_model_len, "dtype": self.dtype}
@@ -100,7 +99,6 @@ class TuningPlan:
     total_gib: float
     per_gpu_gib: float
     reason: str = ""
-    fitting_skus: list[str] = field(default_factory=list)
 
 
 def _usable_per_gpu(sku: Sku) -> float:

@@ -26,13 +26,14 @@ import base64
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from infra import local_process
 
 REGISTRY_BIN = "docker-registry"
 HTPASSWD_BIN = "htpasswd"
@@ -46,11 +47,7 @@ def require_binaries(auth: bool = False) -> None:
         pytest.skip(f"{', '.join(missing)} not installed: {INSTALL_HINT}")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+free_port = local_process.free_port  # one helper for "a port free on 127.0.0.1 now"
 
 
 def _config_yaml(port: int, data_dir: Path, htpasswd: Path | None) -> str:
