@@ -45,3 +45,29 @@ def tiny_model() -> Path:
     from presets import tiny
 
     return tiny.ensure()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real Prefect server (SQLite under the session's KAIFLOW_HOME) for every in-process flow test.
+
+    Sets ``PREFECT_API_URL`` for this process (and children) and returns it; stopped at session end.
+    Prefect reads its settings at import, so the fixture also overrides them in Prefect's settings
+    context for the session.
+    """
+    from flows import prefect_server
+
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_TMP / "prefect-results")
+    api = prefect_server.ensure()
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    # prefect reads its settings once at import: override them in its own settings context too
+    with temporary_settings(updates={PREFECT_API_URL: api,
+                                     PREFECT_RESULTS_LOCAL_STORAGE_PATH: os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]}):
+        yield api
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # send queued run logs before the server goes away
+    prefect_server.stop()
+    os.environ.pop("PREFECT_API_URL", None)

@@ -19,6 +19,20 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Address local inference servers listen on.")
     health_timeout_s: float = Field(600.0, description="How long to wait for a new inference server to be healthy.")
 
+    # --- Kubernetes platform (issue 7) ---
+    kubeconfig: Path | None = Field(None, description="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).")
+    kube_context: str | None = Field(None, description="kubeconfig context (default: the current one).")
+    namespace: str | None = Field(None, description="Namespace for workspaces that name none (default: the context's, else 'default').")
+    provisioner: Literal["karpenter", "byo", "aks"] = Field(
+        "karpenter", description="Where GPU nodes come from on Kubernetes: Karpenter NodeClaims, your own labelled nodes, or AKS agent pools.")
+    image: str = Field("ghcr.io/kaiflow/kaiflow:0.1.0", description="Container image holding the tuning and serving programs.")
+    kube_wait_timeout_s: float = Field(1800.0, description="How long to wait for nodes, Jobs and StatefulSets on Kubernetes.")
+
+    # --- AKS agent pools (issue 8) ---
+
+    # --- Prefect deployments, server, schedules (issue 9) ---
+
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
