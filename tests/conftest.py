@@ -66,8 +66,8 @@ def prefect_api():
     with temporary_settings(updates={PREFECT_API_URL: api,
                                      PREFECT_RESULTS_LOCAL_STORAGE_PATH: os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]}):
         yield api
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # send queued run logs before the server goes away
+        APILogWorker.drain_all(timeout=10)  # send queued run logs before the server goes away
     prefect_server.stop()
     os.environ.pop("PREFECT_API_URL", None)
