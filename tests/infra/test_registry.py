@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,86 @@ def _raw_push_blob(reg: registry_support.LocalRegistry, repo: str, data: bytes) 
     status, _, body = reg.request("PUT", f"{path}{sep}digest={_digest(data)}", data,
                                   {"Content-Type": "application/octet-stream"})
     assert status == 201, body
+
+
+# --- the pull's fast path (stored-block gzip / plain tar parsed in one pass) and its fallbacks ---------
+def _tar(members: dict[str, bytes], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _push_layer(reg, repo: str, layer: bytes, media_type: str) -> str:
+    config = b'{"rootfs":{"diff_ids":[]}}'
+    for blob in (layer, config):
+        _raw_push_blob(reg, repo, blob)
+    manifest = {"schemaVersion": 2, "mediaType": registry.OCI_MANIFEST,
+                "config": {"mediaType": registry.OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+                "layers": [{"mediaType": media_type, "digest": _digest(layer), "size": len(layer)}]}
+    status, _, body = reg.request("PUT", f"/v2/{repo}/manifests/v1", json.dumps(manifest).encode(),
+                                  {"Content-Type": registry.OCI_MANIFEST})
+    assert status == 201, body
+    return f"{reg.host}/{repo}:v1"
+
+
+LONG = "data/" + "n" * 150 + ".bin"  # > 100 characters: needs a pax header (not parsed by the fast path)
+
+
+@pytest.mark.parametrize("case", ["plain-tar", "stored-gzip-pax-midway", "stored-gzip-odd-sizes", "gzip-9"])
+def test_every_layer_shape_pulls_the_same_files(plain_registry, settings, tmp_path, case):
+    big = os.urandom(300_001)  # not a multiple of a stored block (65535) or of a read chunk
+    members = {"data/adapter_config.json": b'{"r": 8}', "data/adapter_model.safetensors": big,
+               "data/empty.txt": b"", "other/ignored.txt": b"not under data/"}
+    if case == "stored-gzip-pax-midway":
+        members[LONG] = b"long name"
+    tar_bytes = _tar(members, tarfile.PAX_FORMAT if "pax" in case else tarfile.USTAR_FORMAT)
+    if case == "plain-tar":
+        layer, media_type = tar_bytes, "application/vnd.oci.image.layer.v1.tar"
+    else:
+        level = 9 if case == "gzip-9" else 0
+        gz = zlib.compressobj(level, zlib.DEFLATED, 31)
+        step = 7777 if case == "stored-gzip-odd-sizes" else 1 << 20  # many small stored blocks
+        layer = b"".join(gz.compress(tar_bytes[i:i + step]) for i in range(0, len(tar_bytes), step)) + gz.flush()
+        media_type = registry.OCI_LAYER_TGZ
+    ref = _push_layer(plain_registry, f"shapes/{case}", layer, media_type)
+    result = registry.pull(ref, tmp_path / "out", settings=settings)
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").read_bytes() == big
+    assert (out / "adapter_config.json").read_bytes() == b'{"r": 8}'
+    assert (out / "empty.txt").read_bytes() == b""
+    assert not (out / "ignored.txt").exists() and not (out / "other").exists()
+    if "pax" in case:
+        assert (out / LONG.removeprefix("data/")).read_bytes() == b"long name"
+    assert sorted(result.files) == sorted(n.removeprefix("data/") for n in members if n.startswith("data/"))
+    assert not list(out.glob(".kaiflow-pull-*")), "staging folder left behind"
+
+
+def test_a_layer_cut_short_is_an_error_not_a_partial_adapter(plain_registry, settings, tmp_path):
+    tar_bytes = _tar({"data/adapter_model.safetensors": os.urandom(200_000)}, tarfile.USTAR_FORMAT)
+    ref = _push_layer(plain_registry, "shapes/cut", tar_bytes[:150_000], "application/vnd.oci.image.layer.v1.tar")
+    with pytest.raises(errors.RegistryError, match="damaged|not a readable tar"):
+        registry.pull(ref, tmp_path / "out", settings=settings)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_kaiflows_own_layers_take_the_fast_path(adapter_dir, settings, tmp_path):
+    """What kaiflow pushes (gzip level 0: stored blocks, ustar headers) is read without the
+    general tarfile/zlib reader; anything the fast path cannot parse says so with _NotFast."""
+    ref = f"oci:{tmp_path / 'layout'}:1"
+    registry.push_adapter(adapter_dir, ref, model_name=MODEL, settings=settings)
+    store = registry.store_for(ref, settings=settings)
+    parsed = store._parse(ref)
+    _, manifest = store._fetch_image_manifest(parsed)
+    layer = manifest["layers"][0]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    registry._fast_untar(store._iter_blob(parsed, layer["digest"]), layer["digest"], layer["size"], staging, "data",
+                         ref, gzipped=True)  # raises _NotFast if it had to fall back
+    assert _same_files(staging, adapter_dir)
+    gz9 = zlib.compress(_tar({"data/x": b"x" * 1000}, tarfile.USTAR_FORMAT), 9)
+    with pytest.raises(registry._NotFast):
+        registry._fast_untar(iter([b"\x1f\x8b\x08\x00" + bytes(6) + gz9[2:]]), "sha256:0", -1, staging, "data", "t", gzipped=True)
