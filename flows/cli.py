@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-f", "--filename", action="append", required=True)
     ap.add_argument("--platform", choices=["local", "kubernetes", "aks"], help="default: $KAIFLOW_PLATFORM or local")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--via-server", action="store_true",
+                    help="run the `workspace` deployment on the Prefect server (a worker runs it) instead of in-process; "
+                         "also KAIFLOW_VIA_SERVER=true")
+    ap.add_argument("--no-wait", action="store_true", help="with --via-server: print the run's URL and return")
 
     g = sub.add_parser("get", help="list workspaces")
     g.add_argument("what", choices=["workspaces", "workspace", "ws"])
@@ -56,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("prompt")
     ch.add_argument("--max-tokens", type=int, default=64)
     sub.add_parser("demo", help="the demo: serve a dataset, tune tiny-phi-3 on it, serve it, ask it")
+    dp = sub.add_parser("deploy", help="register the workspace, retrain and teardown deployments and their work pool")
+    dp.add_argument("--pool-type", choices=["process", "kubernetes"], default="process",
+                    help="process (this machine; default) or kubernetes (flow runs as Jobs, GPU/node selector/tolerations/image variables)")
+    dp.add_argument("--pool", help="work pool name (default: $KAIFLOW_WORK_POOL or kaiflow-process; kaiflow-kubernetes for kubernetes)")
+    dp.add_argument("-f", "--filename", action="append", help="workspace YAML whose kaiflow.io/retrain-schedule annotations to register")
+    sv = sub.add_parser("server", help="start the Prefect server, register the deployments, start a worker; print the UI address")
+    sv.add_argument("--stop", action="store_true", help="stop the worker and the server")
+    sv.add_argument("--database-url", help="postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB (default: $KAIFLOW_DATABASE_URL, else SQLite)")
+    sv.add_argument("--pool", help="process work pool name (default: $KAIFLOW_WORK_POOL or kaiflow-process)")
+    sc = sub.add_parser("schedule", help="retrain a workspace on a cron schedule (a schedule on the retrain deployment)")
+    sc.add_argument("name", help="workspace name")
+    sc.add_argument("--cron", required=True, help='five cron fields, e.g. "0 3 * * 0" (Sundays 03:00)')
+    sc.add_argument("--timezone", help="IANA timezone, e.g. Europe/Berlin (default UTC)")
+    sc.add_argument("-f", "--filename", action="append", help="workspace YAML (default: the spec kaiflow apply recorded)")
+    sc.add_argument("--platform", choices=["local", "kubernetes", "aks"], help="default: the worker's $KAIFLOW_PLATFORM")
     return p
 
 
@@ -175,6 +194,9 @@ COMMANDS = {
     "logs": _lazy("flows.commands", "cmd_logs"),
     "chat": _lazy("flows.commands", "cmd_chat"),
     "demo": _lazy("flows.demo", "cmd_demo"),
+    "deploy": _lazy("flows.deployments", "cmd_deploy"),
+    "server": _lazy("flows.server", "cmd_server"),
+    "schedule": _lazy("flows.deployments", "cmd_schedule"),
 }
 
 if __name__ == "__main__":

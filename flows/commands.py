@@ -41,6 +41,10 @@ def cmd_apply(args) -> int:
     from workspace import loader, settings
 
     bundle = loader.load_files(args.filename)
+    if getattr(args, "via_server", False) or settings.load().via_server:
+        from flows import server
+
+        return server.apply_via_server(bundle, args.platform, wait=not args.no_wait)
     platform = args.platform or settings.load().platform
     from flows import prefect_server
 
@@ -68,6 +72,10 @@ def cmd_apply(args) -> int:
         if result.get("inference"):
             line += f"; endpoint {result['inference']['endpoint']}"
         print(line)
+    from flows import deployments
+
+    for s in deployments.schedules_from_annotations(bundle.workspaces, bundle.config_maps, args.platform):
+        print(f"schedule {s['slug']} on {s['deployment']}: {s['cron']} ({s['timezone']})")
     return 1 if failed else 0
 
 
@@ -132,11 +140,11 @@ def cmd_describe(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    r = _require(args.name)
-    server = r.get("server") or {}
-    stopped = local_process.stop(server.get("pid"), "-m serving")
-    local_state.remove(args.name)
-    print(f"workspace {args.name} deleted" + (f" (server pid {server['pid']} stopped)" if stopped else ""))
+    from flows import teardown
+
+    _require(args.name)
+    r = teardown.delete_workspace(args.name)
+    print(f"workspace {args.name} deleted" + (f" (server pid {r['server_pid']} stopped)" if r["server_stopped"] else ""))
     return 0
 
 

@@ -34,14 +34,29 @@ def _healthy(api: str) -> bool:
         return False
 
 
-def ensure() -> str:
-    """Return the Prefect API URL in use, starting the local background server if needed."""
+def redacted_database(database_url: str | None) -> str:
+    """What the state file and messages may say about the database: never its password."""
+    if not database_url:
+        return "sqlite"
+    return str(httpx.URL(database_url.replace("+asyncpg", "")).copy_with(password=None)).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def ensure(database_url: str | None = None) -> str:
+    """Return the Prefect API URL in use, starting the local background server if needed.
+
+    ``database_url`` (postgresql+asyncpg://...) runs the server on PostgreSQL instead of SQLite; it
+    reaches the server through its environment only, and a running server on another database
+    is an error (stop it first), not silently reused.
+    """
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     state = _state_file()
     if state.exists():
         info = json.loads(state.read_text())
         if local_process.alive(info.get("pid"), MARKER) and _healthy(info["api"]):
+            if info.get("database", "sqlite") != redacted_database(database_url):
+                raise KaiflowError(f"the local Prefect server at {info['api']} runs on {info.get('database', 'sqlite')}, "
+                                   f"not {redacted_database(database_url)}: stop it first (kaiflow server --stop)")
             os.environ["PREFECT_API_URL"] = info["api"]
             return info["api"]
         local_process.stop(info.get("pid"), MARKER)
@@ -52,13 +67,15 @@ def ensure() -> str:
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false", "PREFECT_UI_API_URL": api}
     env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     prefect_bin = str(Path(sys.executable).parent / "prefect")
     pid = local_process.start([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               log_path=home / "server.log", pidfile=home / "server.pid", env=env)
     deadline = time.time() + 90
     while time.time() < deadline:
         if _healthy(api):
-            state.write_text(json.dumps({"pid": pid, "api": api}))
+            state.write_text(json.dumps({"pid": pid, "api": api, "database": redacted_database(database_url)}))
             os.environ["PREFECT_API_URL"] = api
             return api
         if not local_process.alive(pid, MARKER):

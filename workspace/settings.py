@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # --- AKS agent pools (issue 8) ---
 
     # --- Prefect deployments, server, schedules (issue 9) ---
+    database_url: SecretStr | None = Field(
+        None, description="Prefect server database (postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB) for `kaiflow server`; default SQLite under KAIFLOW_HOME.")
+    via_server: bool = Field(False, description="`kaiflow apply` triggers the `workspace` deployment on the server instead of running in-process.")
+    work_pool: str = Field("kaiflow-process", description="Work pool `kaiflow deploy`/`server` register the deployments in.")
+    worker_poll_s: float = Field(5.0, description="How often the worker `kaiflow server` starts asks the server for runs (seconds).")
 
 
     @property
