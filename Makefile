@@ -27,24 +27,27 @@ endif
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Debian packages the tests use (a local OCI registry and htpasswd). The UI test (chromium) and
-# PostgreSQL come with issue 9, not built yet.
+# Debian packages the tests use: a local OCI registry and htpasswd, Chromium for the Prefect UI
+# test (driven by Python playwright, no browser download), PostgreSQL for the Prefect-on-Postgres test.
 system-deps:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  $$SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || $$SUDO service docker-registry stop >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || $$SUDO service postgresql stop >/dev/null 2>&1 || true; \
 	fi
 
 demo: install system-deps
 	$(BIN)/python -m flows.demo
 
 test: install system-deps
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	KAIFLOW_TESTS_STRICT=1 $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not e2e and not slow and not vllm" $(PYTEST_ARGS)

@@ -108,7 +108,8 @@ def transformers_server(adapter_dirs: dict[str, Path]) -> Iterator[RunningServer
 
 @pytest.fixture(scope="session")
 def vllm_server(adapter_dirs: dict[str, Path], session_tmp: Path) -> Iterator[RunningServer]:
-    pytest.importorskip("vllm")
+    if os.environ.get("KAIFLOW_TESTS_STRICT") != "1":
+        pytest.importorskip("vllm")  # strict (make test / CI): a missing vLLM fails instead of skipping
     config = session_tmp / "inference_config.yaml"
     # Kaito's file shape; float32 so vLLM computes in the same precision as the transformers engine
     config.write_text("max_probe_steps: 6\nvllm:\n  dtype: float32\n  max-model-len: 1024\n")

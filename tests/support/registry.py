@@ -17,7 +17,8 @@ caller owns. With ``auth=True`` it requires htpasswd (bcrypt) basic auth for eve
         reg.stop(); reg.start()   # same port, same data: simulate an outage
 
 Needs the Debian packages ``docker-registry`` and (for auth) ``apache2-utils``; tests that use it
-are skipped with the install command when they are missing (see :func:`require_binaries`).
+are skipped with the install command when they are missing (see :func:`require_binaries`) — except
+under ``make test`` / CI (``KAIFLOW_TESTS_STRICT=1``), where a missing package fails the test.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def require_binaries(auth: bool = False) -> None:
     """Skip the calling test when the Debian packages are missing, saying how to install them."""
     missing = [b for b in (REGISTRY_BIN, HTPASSWD_BIN if auth else None) if b and not shutil.which(b)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: {INSTALL_HINT}")
+        message = f"{', '.join(missing)} not installed: {INSTALL_HINT}"
+        if os.environ.get("KAIFLOW_TESTS_STRICT") == "1":
+            pytest.fail(f"{message} (`make system-deps` installs it)")
+        pytest.skip(message)
 
 
 free_port = local_process.free_port  # one helper for "a port free on 127.0.0.1 now"
