@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     kube_wait_timeout_s: float = Field(1800.0, description="How long to wait for nodes, Jobs and StatefulSets on Kubernetes.")
 
     # --- AKS agent pools (issue 8) ---
+    azure_subscription_id: str | None = Field(None, description="Azure subscription of the AKS cluster (provisioner aks).")
+    azure_resource_group: str | None = Field(None, description="Resource group of the AKS cluster.")
+    azure_cluster: str | None = Field(None, description="AKS managed cluster name; kaiflow adds one agent pool per workspace to it.")
+    azure_base_url: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint (sovereign clouds, or a test server).")
+    azure_ca_bundle: Path | None = Field(None, description="CA bundle (PEM) to verify the ARM endpoint with, instead of the system's.")
+    azure_retry_total: int = Field(3, ge=0, description="In-call retries of ARM 429/5xx/connection faults by azure-core (honours Retry-After); then the task retries.")
+    azure_poll_interval_s: float = Field(15.0, ge=0, description="Seconds between polls of an agent pool's long-running operation when ARM sends no Retry-After.")
+    aks_os_sku: Literal["Ubuntu", "AzureLinux"] = Field("Ubuntu", description="OS image of the GPU agent pools.")
+    aks_spot: bool = Field(False, description="Spot GPU capacity (evicted when Azure needs it back; pods get the spot toleration).")
+    aks_pool_timeout_s: float = Field(1800.0, gt=0, description="How long to wait for an agent pool to be created or deleted.")
 
     # --- Prefect deployments, server, schedules (issue 9) ---
     database_url: SecretStr | None = Field(
@@ -36,6 +46,13 @@ class Settings(BaseSettings):
     via_server: bool = Field(False, description="`kaiflow apply` triggers the `workspace` deployment on the server instead of running in-process.")
     work_pool: str = Field("kaiflow-process", description="Work pool `kaiflow deploy`/`server` register the deployments in.")
     worker_poll_s: float = Field(5.0, description="How often the worker `kaiflow server` starts asks the server for runs (seconds).")
+    retrain_tolerance: float = Field(
+        0.02, ge=0, description="Retrain promotes a candidate whose held-out loss is at most serving's x (1 + this) and whose exact-match is not lower.")
+    retrain_holdout: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of rows retrain holds out for evaluation when the training config sets no DatasetConfig.train_test_split.")
+    gpu_quota: str = Field("", description="GPU quota per SKU for the gpu-<sku> concurrency limits, in nodes: 'Standard_NC6s_v3=2,local=1'.")
+    gpu_default_limit: int = Field(1, ge=0, description="gpu-<sku> limit for SKUs not named in KAIFLOW_GPU_QUOTA.")
+    gpu_wait_s: float = Field(21600.0, gt=0, description="How long a run waits for a GPU or workspace slot before failing (seconds).")
 
 
     @property
