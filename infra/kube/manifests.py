@@ -1,0 +1,469 @@
+"""The Kubernetes objects of a workspace, as plain dicts: pure functions, no cluster, no client.
+
+``objects_for(workspace, config_maps, settings)`` gives every object the flow applies, in apply
+order; ``kaiflow apply --dry-run -o yaml`` prints exactly that list, and the platform applies the
+same dicts (with owner references once the Workspace CR has a uid). Choices, and why:
+
+- **NodeClaims** (``karpenter.sh/v1``, cluster-scoped) are built as Kaito's ``GenerateNodeClaimManifest``
+  builds them: the ``karpenter.sh/nodepool: kaito`` label and requirement (a fake pool, so Karpenter
+  does not scale it), ``node.kubernetes.io/instance-type In [sku]``, ``kubernetes.io/os In [linux]``,
+  the ``sku=gpu:NoSchedule`` taint, ``karpenter.sh/do-not-disrupt``, the workspace's name/namespace
+  labels plus ``resource.labelSelector.matchLabels``, and an ephemeral-storage request from the plan.
+  Kaito names them from a hash of the time; kaiflow hashes namespace/name/index instead, so a
+  re-apply finds the same NodeClaims rather than making new ones. Cluster-scoped objects cannot be
+  owned by a namespaced Workspace: ``teardown`` deletes them by label.
+- **Inference** is always a StatefulSet (Kaito uses one for multi-node presets and a Deployment for
+  one node): one shape for both, stable pod names for ``kaiflow logs``, ``replicas`` = nodes of the
+  plan, one pod per node (pod anti-affinity). A ClusterIP Service named after the workspace maps
+  port 80 to the server's 5000 (and 29500 for torch distributed, as in the seed's ``kubectl get svc``),
+  with a headless Service for the StatefulSet.
+- **Tuning** is a Job with ``backoffLimit: 0`` (a failed run is reported, not silently repeated) and
+  a TTL: init containers pull the data (``python -m infra.pod pull-data``) and run ``python -m
+  tuning`` on the GPU; the main container pushes the adapter (``python -m infra.pod push-adapter``)
+  and leaves the pinned reference in its termination message. The Job is named after the cache key,
+  which it also carries as the ``kaiflow.io/cache-key`` label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import presets
+from workspace import plan as plan_mod
+from workspace import spec
+
+WORKSPACE_LABEL = "kaito.sh/workspace"
+WORKSPACE_NS_LABEL = "kaito.sh/workspacenamespace"
+PART_LABEL = "kaiflow.io/part"
+CACHE_KEY_LABEL = "kaiflow.io/cache-key"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kaiflow"}
+GPU = "nvidia.com/gpu"
+GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+SERVER_PORT = 5000
+TORCHRUN_PORT = 29500
+NODEPOOL_LABEL = "karpenter.sh/nodepool"
+KAITO_NODEPOOL = "kaito"
+NODECLASS = {"azure": ("karpenter.azure.com", "AKSNodeClass"), "aws": ("karpenter.k8s.aws", "EC2NodeClass")}
+DATA_DIR, OUTPUT_DIR, ADAPTER_DIR, CONFIG_DIR = "/mnt/data", "/mnt/output", "/mnt/adapter", "/mnt/config"
+INPUT_VOLUME_DIR, SECRETS_DIR = "/mnt/input", "/mnt/secrets"
+JOB_TTL_S = 24 * 3600
+MAX_NAME = 63
+
+
+# --------------------------------------------------------------------------- names and labels
+def short_hash(*parts: str, n: int = 9) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
+
+
+def dns_label(text: str, limit: int = MAX_NAME) -> str:
+    """``text`` cut to ``limit`` characters without a trailing '-' or '.' (names used in labels)."""
+    return text[:limit].rstrip("-.").replace(".", "-")
+
+
+def nodeclaim_name(namespace: str, name: str, index: int) -> str:
+    return f"ws{short_hash(namespace, name)}-{index}"
+
+
+def job_name(name: str, cache_key: str | None) -> str:
+    return f"{dns_label(name, 40)}-tune-{(cache_key or 'pending')[:10]}"
+
+
+def inference_config_name(name: str) -> str:
+    return f"{dns_label(name, 40)}-inference-params"
+
+
+def tuning_result_name(name: str) -> str:
+    return f"{dns_label(name, 40)}-tuning-result"
+
+
+def labels(ws: spec.Workspace, part: str | None = None) -> dict[str, str]:
+    out = {**(ws.metadata.labels or {}), WORKSPACE_LABEL: dns_label(ws.name), **MANAGED_BY}
+    if part:
+        out[PART_LABEL] = part
+    return out
+
+
+def selector(ws: spec.Workspace, part: str) -> dict[str, str]:
+    return {WORKSPACE_LABEL: dns_label(ws.name), PART_LABEL: part}
+
+
+def meta(ws: spec.Workspace, name: str, namespace: str | None, part: str | None = None,
+         owner: dict | None = None, extra_labels: dict | None = None) -> dict:
+    m: dict[str, Any] = {"name": name, "labels": {**labels(ws, part), **(extra_labels or {})}}
+    if namespace is not None:
+        m["namespace"] = namespace
+    if owner:
+        m["ownerReferences"] = [owner]
+    return m
+
+
+def owner_reference(cr: dict) -> dict:
+    """An owner reference to the applied Workspace CR (needs its uid)."""
+    return {"apiVersion": cr["apiVersion"], "kind": "Workspace", "name": cr["metadata"]["name"],
+            "uid": cr["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+# --------------------------------------------------------------------------- sizing helpers
+def _part(plan: plan_mod.WorkspacePlan, name: str) -> plan_mod.PartPlan | None:
+    return next((p for p in plan.parts if p.part == name), None)
+
+
+def node_count(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> int:
+    """Nodes the workspace needs: ``resource.count``, else the inference plan's, at least 1."""
+    inf = _part(plan, "inference")
+    planned = int(inf.details.get("nodes") or 1) if inf and inf.fits else 1
+    return max(planned, (ws.resource.count if ws.resource and ws.resource.count else 1))
+
+
+def gpus_per_pod(plan: plan_mod.WorkspacePlan, part: str) -> int:
+    p = _part(plan, part)
+    if part == "inference" and p and p.fits:
+        return int(p.details.get("gpus_per_node") or 1)
+    return 1
+
+
+def storage_gib(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> int:
+    inf = _part(plan, "inference")
+    if inf and inf.details.get("disk_gib"):
+        return int(inf.details["disk_gib"])
+    model = next((p.model for p in plan.parts if presets.is_preset(p.model)), None)
+    weights = presets.get_model(model).weights_gb if model else 30.0
+    return max(50, int(math.ceil(weights * 2.5 + 20)))
+
+
+def cloud_of(ws: spec.Workspace) -> str:
+    try:
+        return presets.get_sku(ws.instance_type or "").cloud
+    except presets.UnknownSku:
+        return "azure"
+
+
+# --------------------------------------------------------------------------- objects
+def workspace_cr(ws: spec.Workspace, namespace: str) -> dict:
+    """The Workspace custom resource as the user wrote it (status and server fields dropped)."""
+    body = ws.to_dict()
+    body.pop("status", None)
+    m = body["metadata"]
+    body["metadata"] = {k: v for k, v in {"name": m["name"], "namespace": namespace, "labels": m.get("labels"),
+                                          "annotations": m.get("annotations")}.items() if v}
+    return body
+
+
+def config_map(ws: spec.Workspace, name: str, data: dict[str, str], namespace: str, owner: dict | None = None) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(ws, name, namespace, "config", owner), "data": dict(data)}
+
+
+def nodeclaims(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str) -> list[dict]:
+    if not ws.instance_type:
+        return []
+    group, kind = NODECLASS.get(cloud_of(ws), NODECLASS["azure"])
+    match = dict(ws.resource.label_selector.match_labels or {}) if ws.resource and ws.resource.label_selector else {}
+    claim_labels = {NODEPOOL_LABEL: KAITO_NODEPOOL, WORKSPACE_LABEL: dns_label(ws.name),
+                    WORKSPACE_NS_LABEL: namespace, **MANAGED_BY, **match}
+    requirements = [
+        {"key": NODEPOOL_LABEL, "operator": "In", "values": [KAITO_NODEPOOL]},
+        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": [ws.instance_type]},
+        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+    ]
+    if cloud_of(ws) == "azure":
+        requirements.append({"key": "karpenter.azure.com/sku-name", "operator": "In", "values": [ws.instance_type]})
+    else:
+        requirements.append({"key": "karpenter.k8s.aws/instance-gpu-count", "operator": "Gt", "values": ["0"]})
+    return [{
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": nodeclaim_name(namespace, ws.name, i), "labels": dict(claim_labels),
+                     "annotations": {"karpenter.sh/do-not-disrupt": "true"}},
+        "spec": {
+            "nodeClassRef": {"group": group, "kind": kind, "name": "default"},
+            "taints": [dict(GPU_TAINT)],
+            "requirements": [dict(r) for r in requirements],
+            "resources": {"requests": {"ephemeral-storage": f"{storage_gib(ws, plan)}Gi"}},
+        },
+    } for i in range(node_count(ws, plan))]
+
+
+def node_affinity(ws: spec.Workspace, node_selector: dict[str, str] | None = None) -> dict:
+    """Required node affinity: the workspace's labelSelector (as Kaito's pods have it), plus the
+    instance type and any selector the provisioner returned (an AKS agent pool's)."""
+    exprs: list[dict] = []
+    sel = ws.resource.label_selector if ws.resource else None
+    for k, v in sorted(((sel.match_labels if sel else None) or {}).items()):
+        exprs.append({"key": k, "operator": "In", "values": [v]})
+    for e in (sel.match_expressions if sel else None) or []:
+        exprs.append(e.to_dict())
+    for k, v in sorted((node_selector or {}).items()):
+        if not any(x["key"] == k for x in exprs):
+            exprs.append({"key": k, "operator": "In", "values": [v]})
+    if not exprs:
+        exprs.append({"key": WORKSPACE_LABEL, "operator": "In", "values": [dns_label(ws.name)]})
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}}
+
+
+def tolerations(extra: list[dict] | None = None) -> list[dict]:
+    """``sku=gpu:NoSchedule`` (Kaito's taint), ``nvidia.com/gpu`` (common on GPU pools) and the
+    provisioner's extra ones (AKS spot)."""
+    return [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+            {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}, *[dict(t) for t in extra or []]]
+
+
+def _gpu_resources(n: int) -> dict:
+    return {"requests": {GPU: str(n)}, "limits": {GPU: str(n)}}
+
+
+def _secret_volume(secret: str) -> dict:
+    """A docker-config secret (``kubernetes.io/dockerconfigjson``) mounted as ``config.json``."""
+    return {"name": f"secret-{dns_label(secret, 50)}",
+            "secret": {"secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}
+
+
+def _secret_mount(secret: str) -> dict:
+    return {"name": f"secret-{dns_label(secret, 50)}", "mountPath": f"{SECRETS_DIR}/{secret}", "readOnly": True}
+
+
+def _model_env(preset: spec.PresetSpec | None) -> list[dict]:
+    secret = preset.preset_options.model_access_secret if preset and preset.preset_options else None
+    if not secret:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "HF_TOKEN"}}}]
+
+
+def data_source(ws: spec.Workspace) -> dict:
+    """What the pull-data init container pulls (``infra.datasets`` source shape)."""
+    inp = ws.tuning.input
+    if inp.urls:
+        return {"urls": list(inp.urls)}
+    if inp.image:
+        return {"image": inp.image}
+    return {"volume": INPUT_VOLUME_DIR}
+
+
+def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
+               cache_key: str | None = None, owner: dict | None = None,
+               node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> dict:
+    t = ws.tuning
+    model = t.preset.name
+    volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "output", "emptyDir": {}},
+                           {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    pull_mounts = [{"name": "data", "mountPath": DATA_DIR}]
+    pull_cmd = ["python", "-m", "infra.pod", "pull-data", "--source", json.dumps(data_source(ws), sort_keys=True),
+                "--dest", DATA_DIR]
+    if t.input.volume_source:
+        volumes.append({"name": "input", **t.input.volume_source.to_dict()})
+        pull_mounts.append({"name": "input", "mountPath": INPUT_VOLUME_DIR, "readOnly": True})
+    for s in t.input.image_pull_secrets or []:
+        volumes.append(_secret_volume(s))
+        pull_mounts.append(_secret_mount(s))
+        pull_cmd += ["--docker-config", f"{SECRETS_DIR}/{s}/config.json"]
+
+    tune_cmd = ["python", "-m", "tuning", "--data", DATA_DIR, "--model", model, "--method", t.method,
+                "--output", f"{OUTPUT_DIR}/adapter"]
+    tune_mounts = [{"name": "data", "mountPath": DATA_DIR, "readOnly": True}, {"name": "output", "mountPath": OUTPUT_DIR},
+                   {"name": "dshm", "mountPath": "/dev/shm"}]
+    if t.config:
+        volumes.append({"name": "config", "configMap": {"name": t.config}})
+        tune_mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+        tune_cmd += ["--config", f"{CONFIG_DIR}/training_config.yaml"]
+
+    push_cmd = ["python", "-m", "infra.pod", "push-adapter", "--dir", f"{OUTPUT_DIR}/adapter", "--model", model]
+    push_mounts = [{"name": "output", "mountPath": OUTPUT_DIR, "readOnly": True}]
+    if t.output.image:
+        push_cmd += ["--image", t.output.image]
+        if t.output.image_push_secret:
+            volumes.append(_secret_volume(t.output.image_push_secret))
+            push_mounts.append(_secret_mount(t.output.image_push_secret))
+            push_cmd += ["--docker-config", f"{SECRETS_DIR}/{t.output.image_push_secret}/config.json"]
+    else:
+        volumes.append({"name": "results", **t.output.volume_source.to_dict()})
+        push_mounts.append({"name": "results", "mountPath": "/mnt/results"})
+        push_cmd += ["--volume-dir", "/mnt/results"]
+
+    pod_labels = {**labels(ws, "tuning"), **({CACHE_KEY_LABEL: cache_key[:63]} if cache_key else {})}
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": meta(ws, job_name(ws.name, cache_key), namespace, "tuning", owner,
+                         {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else None),
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": JOB_TTL_S,
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "affinity": node_affinity(ws, node_selector),
+                    "tolerations": tolerations(extra_tolerations),
+                    "imagePullSecrets": [{"name": s} for s in (t.preset.preset_options.image_pull_secrets or [])]
+                    if t.preset.preset_options and t.preset.preset_options.image_pull_secrets else [],
+                    "initContainers": [
+                        {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
+                        {"name": "tune", "image": image, "command": tune_cmd, "env": env + _model_env(t.preset),
+                         "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": tune_mounts},
+                    ],
+                    "containers": [
+                        {"name": "push-adapter", "image": image, "command": push_cmd, "env": env, "volumeMounts": push_mounts,
+                         "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError"},
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def inference_params(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> dict[str, Any]:
+    """vLLM arguments from the plan (max-model-len, parallelism, dtype), for workspaces without a config."""
+    inf = _part(plan, "inference")
+    if not inf or not inf.fits or not inf.details:
+        return {}
+    d = inf.details
+    return {"max-model-len": d["max_model_len"], "tensor-parallel-size": d["tensor_parallel_size"],
+            "pipeline-parallel-size": d["pipeline_parallel_size"], "dtype": d["dtype"]}
+
+
+def inference_config_data(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> dict[str, str]:
+    import yaml
+
+    return {"inference_config.yaml": yaml.safe_dump({"vllm": inference_params(ws, plan)}, sort_keys=True)}
+
+
+def adapter_entries(ws: spec.Workspace, fresh_reference: str | None = None) -> list[dict]:
+    """Adapters to serve: name, image (the fresh digest-pinned one for a just-tuned adapter), strength, secrets."""
+    out = []
+    for a in ws.effective_adapters():
+        image = a.source.image
+        if fresh_reference and ws.tuning and image == ws.tuning.output.image:
+            image = fresh_reference
+        out.append({"name": a.source.name, "image": image, "strength": a.strength_value,
+                    "secrets": list(a.source.image_pull_secrets or [])})
+    return out
+
+
+def inference_statefulset(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
+                          adapters: list[dict] | None = None, owner: dict | None = None,
+                          node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> dict:
+    inf = ws.inference
+    adapters = adapter_entries(ws) if adapters is None else adapters
+    replicas = node_count(ws, plan)
+    pod_labels = {**labels(ws, "inference"), **selector(ws, "inference")}
+    affinity = node_affinity(ws, node_selector)
+    if replicas > 1:
+        affinity["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": selector(ws, "inference")}, "topologyKey": "kubernetes.io/hostname"}]}
+    if inf.template:
+        pod_spec = json.loads(json.dumps(inf.template.get("spec", {})))
+        pod_spec.setdefault("tolerations", []).extend(tolerations(extra_tolerations))
+        pod_spec.setdefault("affinity", affinity)
+        template = {"metadata": {"labels": {**(inf.template.get("metadata") or {}).get("labels", {}), **pod_labels}},
+                    "spec": pod_spec}
+    else:
+        template = {"metadata": {"labels": pod_labels}, "spec": _serving_pod(ws, plan, image, adapters, affinity, extra_tolerations)}
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": meta(ws, dns_label(ws.name), namespace, "inference", owner),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": headless_name(ws),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(ws, "inference")},
+            "template": template,
+        },
+    }
+
+
+def headless_name(ws: spec.Workspace) -> str:
+    return f"{dns_label(ws.name, 54)}-headless"
+
+
+def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, adapters: list[dict], affinity: dict,
+                 extra_tolerations: list[dict] | None = None) -> dict:
+    model = ws.inference.preset.name
+    cmd = ["python", "-m", "serving", "--model", model, "--host", "0.0.0.0", "--port", str(SERVER_PORT),
+           "--served-model-name", model, "--engine", "auto"]
+    for a in adapters:
+        cmd += ["--adapter", f"{a['name']}={ADAPTER_DIR}/{a['name']}:{a['strength']:g}"]
+    cmd += ["--config", f"{CONFIG_DIR}/inference_config.yaml"]
+    config_name = ws.inference.config or inference_config_name(ws.name)
+    volumes = [{"name": "config", "configMap": {"name": config_name}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    init: list[dict] = []
+    if adapters:
+        volumes.append({"name": "adapters", "emptyDir": {}})
+        mounts.append({"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True})
+        pull = ["python", "-m", "infra.pod", "pull-adapters", "--dest", ADAPTER_DIR]
+        pull_mounts = [{"name": "adapters", "mountPath": ADAPTER_DIR}]
+        secrets = sorted({s for a in adapters for s in a["secrets"]})
+        for a in adapters:
+            pull += ["--adapter", f"{a['name']}={a['image']}"]
+        for s in secrets:
+            volumes.append(_secret_volume(s))
+            pull_mounts.append(_secret_mount(s))
+            pull += ["--docker-config", f"{SECRETS_DIR}/{s}/config.json"]
+        init.append({"name": "pull-adapters", "image": image, "command": pull, "volumeMounts": pull_mounts})
+    probe = {"httpGet": {"path": "/health", "port": SERVER_PORT}}
+    container = {
+        "name": "inference", "image": image, "command": cmd,
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}] + _model_env(ws.inference.preset),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+                  {"name": "torchrun", "containerPort": TORCHRUN_PORT, "protocol": "TCP"}],
+        "resources": _gpu_resources(gpus_per_pod(plan, "inference")),
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 6},
+        "volumeMounts": mounts,
+    }
+    pod: dict[str, Any] = {"affinity": affinity, "tolerations": tolerations(extra_tolerations), "containers": [container], "volumes": volumes}
+    if init:
+        pod["initContainers"] = init
+    opts = ws.inference.preset.preset_options
+    if opts and opts.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in opts.image_pull_secrets]
+    return pod
+
+
+def inference_services(ws: spec.Workspace, namespace: str, owner: dict | None = None) -> list[dict]:
+    sel = selector(ws, "inference")
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta(ws, dns_label(ws.name), namespace, "inference", owner),
+         "spec": {"type": "ClusterIP", "selector": sel, "ports": [
+             {"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"},
+             {"name": "torchrun", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT, "protocol": "TCP"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta(ws, headless_name(ws), namespace, "inference", owner),
+         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": sel,
+                  "ports": [{"name": "torchrun", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT, "protocol": "TCP"}]}},
+    ]
+
+
+def file_config_maps(ws: spec.Workspace, config_maps: dict[str, dict[str, str]], namespace: str,
+                     owner: dict | None = None) -> list[dict]:
+    """ConfigMaps from the workspace's file that it references (others are read from the cluster)."""
+    names = [n for n in ((ws.tuning and ws.tuning.config), (ws.inference and ws.inference.config)) if n]
+    return [config_map(ws, n, config_maps[n], namespace, owner) for n in dict.fromkeys(names) if n in config_maps]
+
+
+def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]] | None, settings: Any, *,
+                namespace: str | None = None, plan: plan_mod.WorkspacePlan | None = None,
+                cache_key: str | None = None, fresh_reference: str | None = None, owner: dict | None = None,
+                node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> list[dict]:
+    """Every object the flow applies for ``workspace``, in apply order: the Workspace CR, its
+    ConfigMaps, NodeClaims (provisioner karpenter), the tuning Job, the inference config,
+    StatefulSet and Services."""
+    ws = workspace
+    ns = namespace or ws.metadata.namespace or getattr(settings, "namespace", None) or "default"
+    plan = plan or plan_mod.plan_workspace(ws, "kubernetes")
+    image = settings.image
+    objs = [workspace_cr(ws, ns), *file_config_maps(ws, config_maps or {}, ns, owner)]
+    if getattr(settings, "provisioner", "karpenter") == "karpenter" and getattr(settings, "platform", "kubernetes") != "aks":
+        objs += nodeclaims(ws, plan, ns)
+    if ws.tuning:
+        objs.append(tuning_job(ws, plan, ns, image, cache_key=cache_key, owner=owner, node_selector=node_selector,
+                               extra_tolerations=extra_tolerations))
+    if ws.inference:
+        if not ws.inference.config and ws.inference.preset:
+            objs.append(config_map(ws, inference_config_name(ws.name), inference_config_data(ws, plan), ns, owner))
+        objs.append(inference_statefulset(ws, plan, ns, image, adapters=adapter_entries(ws, fresh_reference),
+                                          owner=owner, node_selector=node_selector, extra_tolerations=extra_tolerations))
+        objs += inference_services(ws, ns, owner)
+    return objs
