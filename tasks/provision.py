@@ -1,8 +1,9 @@
 """Provision: make sure there is hardware for the plan (ResourceReady).
 
 On the local platform this checks this machine against the plan and fails fast with the reason
-when a preset cannot run here (no GPU for a real model). The kubernetes and aks platforms are not
-built yet (issues 7 and 8): they fail with a message saying so rather than pretending.
+when a preset cannot run here (no GPU for a real model). On kubernetes/aks it applies the Workspace
+CR and waits for GPU nodes (``infra.kube.platform.provision``: Karpenter NodeClaims, your own
+labelled nodes, or an AKS agent pool).
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from prefect import get_run_logger, task
 from infra import local_state
 from tasks.common import task_options
 from workspace import plan, spec, status
-from workspace.errors import ProvisioningError, SizingError
+from workspace.errors import SizingError
 
 
 @task(name="provision", **task_options())
 def provision(workspace: spec.Workspace, platform: str) -> dict:
     log = get_run_logger()
     name = workspace.name
-    if platform != "local":
-        msg = f"platform '{platform}' is not implemented yet in kaiflow; use KAIFLOW_PLATFORM=local"
-        local_state.set_condition(name, status.RESOURCE_READY, False, "PlatformNotImplemented", msg)
-        raise ProvisioningError(msg, reason="PlatformNotImplemented")
+    if platform != "local":  # kubernetes / aks: NodeClaims, your own nodes or an AKS agent pool
+        from infra.kube import platform as kube_platform
+
+        return kube_platform.provision(workspace, platform)
     p = plan.plan_workspace(workspace, platform)
     for part in p.parts:
         log.info("plan %s: %s on %s: %s", part.part, part.model, p.instance_type, part.summary)
