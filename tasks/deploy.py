@@ -76,8 +76,12 @@ def _start(name: str, model: str, adapters: list[dict], config_text: str | None)
 
 
 @task(name="deploy-inference", **task_options())
-def deploy(workspace: spec.Workspace, fresh: dict | None, config_maps: dict[str, dict[str, str]]) -> dict:
+def deploy(workspace: spec.Workspace, fresh: dict | None, config_maps: dict[str, dict[str, str]], platform: str = "local") -> dict:
     """``fresh``: the adapter image just pushed by this run ({"reference", "digest"}), if any."""
+    if platform != "local":  # a StatefulSet + Service on the workspace's GPU nodes
+        from infra.kube import platform as kube_platform
+
+        return kube_platform.deploy(workspace, fresh, config_maps, platform)
     log = get_run_logger()
     name = workspace.name
     model = workspace.inference.preset.name

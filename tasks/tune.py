@@ -72,7 +72,7 @@ def _loss_markdown(name: str, metrics: dict) -> str:
 
 
 @task(name="tune", **task_options(retries=1))
-def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[str, str]]) -> dict:
+def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[str, str]], platform: str = "local") -> dict:
     from tuning import config as tuning_config
 
     log = get_run_logger()
@@ -84,6 +84,10 @@ def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[s
     except tuning_config.ConfigError as exc:
         raise SpecError(f"tuning.config ({t.config}): {exc}") from None
     key = cache_key(dataset["digest"], resolved, model, method)
+    if platform != "local":  # a Job on the GPU nodes, labelled with the key; an identical re-apply reuses its result
+        from infra.kube import platform as kube_platform
+
+        return kube_platform.run_tuning(workspace, cache_key=key, platform=platform, config_maps=config_maps)
     out = settings.load().home_dir / "adapters" / key[:24]
     if (out / "COMPLETE").exists():
         log.info("adapter for this data and config already exists (%s): no tuning needed", key[:12])
