@@ -37,6 +37,14 @@ def _status_table(name: str) -> None:
     create_table_artifact(rows, key=artifact_key(name, "status"), description=f"status of workspace {name}")
 
 
+
+def _mirror_status(workspace: spec.Workspace) -> None:
+    """kubernetes/aks: the final conditions on the Workspace CR too, so `kubectl get workspace` shows them."""
+    from infra.kube import platform as kube_platform
+
+    kube_platform.write_status(workspace)
+
+
 @flow(name="workspace", flow_run_name="{workspace.metadata.name}", log_prints=True, persist_result=False)
 def workspace_flow(
     workspace: spec.Workspace,
@@ -55,13 +63,16 @@ def workspace_flow(
         result["provision"] = provision_task.provision(workspace, platform)
         if workspace.tuning:
             data = dataset_task.pull_dataset(workspace)
-            tuned = tune_task.tune(workspace, data, config_maps)
+            tuned = tune_task.tune(workspace, data, config_maps, platform)
             result["tuning"] = {**tuned, "dataset_digest": data["digest"]}
-            image = push_task.push_adapter(workspace, tuned["adapter_dir"])
+            if platform == "local":
+                image = push_task.push_adapter(workspace, tuned["adapter_dir"])
+            else:  # the tuning pod pushed it; its digest came back in the pod's termination message
+                image = {"reference": tuned["reference"], "digest": tuned["digest"]}
             result["image"] = image
             local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"])
         if workspace.inference:
-            result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps)
+            result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps, platform)
             local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
         else:
             local_state.set_condition(name, status.WORKSPACE_SUCCEEDED, True, "TuningSucceeded", f"adapter at {result['image']['reference']}")
@@ -73,4 +84,6 @@ def workspace_flow(
         raise
     finally:
         _status_table(name)
+        if platform != "local":
+            _mirror_status(workspace)
     return result
