@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="run the `workspace` deployment on the Prefect server (a worker runs it) instead of in-process; "
                          "also KAIFLOW_VIA_SERVER=true")
     ap.add_argument("--no-wait", action="store_true", help="with --via-server: print the run's URL and return")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print every Kubernetes object the flow would create, contacting no cluster")
+    ap.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="with --dry-run: the format")
 
     g = sub.add_parser("get", help="list workspaces")
     g.add_argument("what", choices=["workspaces", "workspace", "ws"])

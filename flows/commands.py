@@ -41,6 +41,11 @@ def cmd_apply(args) -> int:
     from workspace import loader, settings
 
     bundle = loader.load_files(args.filename)
+    if getattr(args, "dry_run", False):  # the kubernetes objects, no cluster contacted
+        from infra.kube import manifests
+
+        print(manifests.render(bundle.workspaces, bundle.config_maps, settings.load(), args.output), end="")
+        return 0
     if getattr(args, "via_server", False) or settings.load().via_server:
         from flows import server
 
@@ -142,14 +147,24 @@ def cmd_describe(args) -> int:
 def cmd_delete(args) -> int:
     from flows import teardown
 
-    _require(args.name)
+    record = _require(args.name)
+    if record.get("platform", "local") != "local":  # delete the cluster objects (NodeClaims included) first
+        from infra.kube import platform as kube_platform
+
+        gone = kube_platform.teardown_record(record)
+        print(f"deleted on {record['platform']}: " + ", ".join(f"{k} {' '.join(v)}" for k, v in gone.items() if v))
     r = teardown.delete_workspace(args.name)
     print(f"workspace {args.name} deleted" + (f" (server pid {r['server_pid']} stopped)" if r["server_stopped"] else ""))
     return 0
 
 
 def cmd_logs(args) -> int:
-    _require(args.name)
+    record = _require(args.name)
+    if record.get("platform", "local") != "local":  # the newest pod's log (server, or the tuning container)
+        from infra.kube import platform as kube_platform
+
+        sys.stdout.write(kube_platform.logs_record(record, "tuning" if args.tuning else "inference"))
+        return 0
     path = local_state.workspace_dir(args.name) / ("tuning.log" if args.tuning else "server.log")
     if not path.exists():
         raise KaiflowError(f"no {'tuning' if args.tuning else 'server'} log for {args.name} yet")

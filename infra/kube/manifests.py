@@ -467,3 +467,15 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
                                           owner=owner, node_selector=node_selector, extra_tolerations=extra_tolerations))
         objs += inference_services(ws, ns, owner)
     return objs
+
+
+def render(workspaces: list[spec.Workspace], config_maps: dict[str, dict[str, str]], settings: Any,
+           fmt: str = "yaml") -> str:
+    """What ``kaiflow apply --dry-run`` prints: every object of every workspace, multi-document YAML
+    (or a JSON list). Owner references and the tuning cache key are known only at run time."""
+    objs = [o for ws in workspaces for o in objects_for(ws, config_maps, settings)]
+    if fmt == "json":
+        return json.dumps(objs, indent=2) + "\n"
+    import yaml
+
+    return yaml.safe_dump_all(objs, sort_keys=False)

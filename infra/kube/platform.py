@@ -392,9 +392,31 @@ def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Work
                     return str(json.loads(term["message"])["reference"])
                 except (ValueError, KeyError, TypeError):
                     continue
+    image = ws.tuning.output.image
+    if image:  # no (parsable) termination message: ask the registry what the tag points at now
+        from infra import registry
+
+        try:
+            qualified = registry.qualify(image)
+            store = registry.store_for(qualified, credentials=_local_secret(ws.tuning.output.image_push_secret))
+            digest = store.resolve(qualified)
+        except errors.KaiflowError as exc:
+            log.warning("could not resolve %s in its registry: %s", image, exc)
+            digest = None
+        if digest:
+            return registry.parse_reference(qualified).pinned(digest)
     raise errors.TuningError(
         f"tuning Job for {ws.name} succeeded but its push-adapter container reported no image in its termination "
-        f"message; check `kaiflow logs {ws.name} --tuning` and the image {ws.tuning.output.image or '(volume)'}")
+        f"message and {image or 'the output'} could not be resolved; check `kaiflow logs {ws.name} --tuning`")
+
+
+def _local_secret(name: str | None) -> Any:
+    """The flow's copy of a registry secret (``KAIFLOW_HOME/secrets/NAME/.dockerconfigjson``), as
+    the local platform reads it; None: the default credentials."""
+    if not name:
+        return None
+    path = settings_mod.load().home_dir / "secrets" / name / ".dockerconfigjson"
+    return path if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- inference
@@ -508,3 +530,19 @@ def logs(ws: spec.Workspace, part: str = "inference", settings: settings_mod.Set
     return kube.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod}/log", query=query, raw=True,
                         what=f"logs of pod {pod}")
 
+
+
+def _from_record(record: dict) -> spec.Workspace:
+    if not record.get("spec"):
+        raise errors.KaiflowError(f"workspace {record.get('name')}: its record holds no spec; delete it with kubectl")
+    return spec.Workspace.model_validate(record["spec"])
+
+
+def teardown_record(record: dict) -> dict[str, list[str]]:
+    """``teardown`` for a workspace known from its local record (``kaiflow delete``)."""
+    return teardown(_from_record(record), record.get("platform", "kubernetes"))
+
+
+def logs_record(record: dict, part: str) -> str:
+    """``logs`` for a workspace known from its local record (``kaiflow logs``)."""
+    return logs(_from_record(record), part)
