@@ -12,10 +12,13 @@ was serving before untouched.
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from flows import concurrency
 from infra import local_state
 from tasks import dataset as dataset_task
 from tasks import deploy as deploy_task
@@ -56,6 +59,8 @@ def workspace_flow(
     config_maps = config_maps or {}
     platform = platform or settings.load().platform
     name = workspace.name
+    slots = contextlib.ExitStack()  # overlapping runs of one workspace take turns (flows.concurrency)
+    slots.enter_context(concurrency.workspace_slot(name))
     local_state.update(name, spec=workspace.to_dict(), platform=platform, last_flow_run=str(flow_run.get_id() or ""),
                        instance=workspace.instance_type or "local")
     result: dict = {"name": name}
@@ -63,16 +68,20 @@ def workspace_flow(
         result["provision"] = provision_task.provision(workspace, platform)
         if workspace.tuning:
             data = dataset_task.pull_dataset(workspace)
-            tuned = tune_task.tune(workspace, data, config_maps, platform)
+            with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"tuning of {name}"):
+                tuned = tune_task.tune(workspace, data, config_maps, platform)
             result["tuning"] = {**tuned, "dataset_digest": data["digest"]}
             if platform == "local":
                 image = push_task.push_adapter(workspace, tuned["adapter_dir"])
             else:  # the tuning pod pushed it; its digest came back in the pod's termination message
                 image = {"reference": tuned["reference"], "digest": tuned["digest"]}
             result["image"] = image
-            local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"])
+            local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"],
+                               dataset_digest=data["digest"])
         if workspace.inference:
-            result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps, platform)
+            nodes = concurrency.nodes_for(workspace, "inference", platform)
+            with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), nodes, f"inference of {name}"):
+                result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps, platform)
             local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
         else:
             local_state.set_condition(name, status.WORKSPACE_SUCCEEDED, True, "TuningSucceeded", f"adapter at {result['image']['reference']}")
@@ -86,4 +95,5 @@ def workspace_flow(
         _status_table(name)
         if platform != "local":
             _mirror_status(workspace)
+        slots.close()
     return result

@@ -1,0 +1,88 @@
+"""Fixtures for the retrain tests: a real Prefect server (``prefect_api``), question/answer data served
+over HTTP by ``tests.support.fileserver``, the local platform with the transformers engine, adapter
+images in the on-disk OCI layout, and one torch thread for every program the flows start."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support import fileserver
+
+ENV = {
+    "KAIFLOW_ALLOW_PRIVATE_URLS": "true",
+    "KAIFLOW_ENGINE": "transformers",
+    "KAIFLOW_RETRY_BACKOFF_S": "0.2",
+    "KAIFLOW_RETRAIN_HOLDOUT": "0.25",
+    "KAIFLOW_GPU_WAIT_S": "300",
+    "OMP_NUM_THREADS": "1",  # the tuning, evaluation and serving processes: steady on shared 2-core machines
+}
+
+# A Kaito training_config.yaml small enough for tests: the tiny model memorises a few dozen rows in 40 steps.
+CONFIG = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-config}}
+data:
+  training_config.yaml: |
+    training_config:
+      TrainingArguments:
+        max_steps: 40
+        logging_steps: 10
+        save_steps: 40
+"""
+
+WORKSPACE = """
+apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata:
+  name: {name}
+resource:
+  instanceType: local
+tuning:
+  preset: {{name: tiny-phi-3}}
+  method: qlora
+  config: {name}-config
+  input:
+    urls: ["{url}"]
+  output:
+    image: "adapters/{name}:1"
+"""
+
+INFERENCE = """inference:
+  preset: {name: tiny-phi-3}
+"""
+
+
+@pytest.fixture(scope="module")
+def retrain_env(prefect_api, tiny_model, tmp_path_factory):
+    """Environment for in-process flow runs; yields the file server serving ``www/``."""
+    saved = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    srv = fileserver.FileServer(tmp_path_factory.mktemp("www"))
+    srv.__enter__()
+    yield srv
+    srv.__exit__(None, None, None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in rows))
+
+
+def load_workspace(name: str, url: str, *, inference: bool):
+    """The workspace and its ConfigMaps, through the same loader ``kaiflow apply`` uses."""
+    from workspace import loader
+
+    text = CONFIG.format(name=name) + "---" + WORKSPACE.format(name=name, url=url) + (INFERENCE if inference else "")
+    bundle = loader.load_text(text, source=f"{name}.yaml")
+    return bundle.workspaces[0], bundle.config_maps
