@@ -31,6 +31,7 @@ and text only.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import math
 import re
@@ -183,16 +184,19 @@ def ensure_agent_pool(
     settings: settings_mod.Settings,
     *,
     credential: Any = None,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """Create (or reuse) the workspace's agent pool and wait for its long-running operation.
 
     Returns ``{"pool", "node_selector", "count", "gpu_per_node", "created", "tolerations"}``;
     ``node_selector`` selects exactly this pool's nodes. ``credential``: any azure-core
-    ``TokenCredential`` (default ``DefaultAzureCredential``). Raises ``ProvisioningError`` (reason and
-    what to do), ``TransientError`` for faults worth retrying, ``SpecError``/``SizingError`` on input.
+    ``TokenCredential`` (default: ``KAIFLOW_AZURE_CREDENTIAL``). ``namespace``: the workspace's namespace
+    as the platform resolved it (default: :func:`workspace_namespace`); it is part of the pool's name
+    and labels, so pass the same one to :func:`delete_agent_pool`. Raises ``ProvisioningError``
+    (reason and what to do), ``TransientError`` for faults worth retrying, ``SpecError``/``SizingError``.
     """
     plan_mod.require_fit(plan)
-    namespace = workspace_namespace(workspace, settings)
+    namespace = namespace or workspace_namespace(workspace, settings)
     name = pool_name(workspace, namespace)
     body = desired_pool(workspace, plan, settings, namespace)
     ctx = _Context(settings, name, workspace.name, body["properties"])
@@ -211,12 +215,12 @@ def ensure_agent_pool(
 
 
 def delete_agent_pool(
-    workspace: spec.Workspace, settings: settings_mod.Settings, *, credential: Any = None
+    workspace: spec.Workspace, settings: settings_mod.Settings, *, credential: Any = None, namespace: str | None = None
 ) -> bool:
     """Delete the workspace's agent pool and wait until it is gone. False when there was none.
 
     A pool of that name that carries another workspace's label is left alone (``PoolNotOwned``)."""
-    namespace = workspace_namespace(workspace, settings)
+    namespace = namespace or workspace_namespace(workspace, settings)
     name = pool_name(workspace, namespace)
     ctx = _Context(settings, name, workspace.name, {})
     with _client(settings, credential) as client:
@@ -268,9 +272,7 @@ def _client(settings: settings_mod.Settings, credential: Any) -> Any:
     from azure.mgmt.containerservice import ContainerServiceClient
 
     if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
+        credential = make_credential(settings)
     kwargs: dict[str, Any] = dict(
         base_url=settings.azure_base_url,
         retry_total=settings.azure_retry_total,
@@ -279,6 +281,26 @@ def _client(settings: settings_mod.Settings, credential: Any) -> Any:
     if settings.azure_ca_bundle:
         kwargs["connection_verify"] = str(settings.azure_ca_bundle.expanduser())
     return ContainerServiceClient(credential, settings.azure_subscription_id, **kwargs)
+
+
+def make_credential(settings: settings_mod.Settings) -> Any:
+    """The TokenCredential ``KAIFLOW_AZURE_CREDENTIAL`` names: ``default`` (azure-identity's
+    ``DefaultAzureCredential``: environment, workload identity, managed identity, ``az login``), or
+    ``module:callable`` returning any TokenCredential (your own, built however your site needs)."""
+    spec_ = settings.azure_credential
+    if spec_ == "default":
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+    module_name, _, attr = spec_.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise errors.ProvisioningError(
+            f"KAIFLOW_AZURE_CREDENTIAL={spec_!r}: cannot load it ({exc}); use 'default' or 'module:callable'",
+            reason="AzureNotConfigured",
+        ) from None
+    return factory()
 
 
 def _props(pool: Any) -> dict[str, Any]:
@@ -408,6 +430,12 @@ def _call(ctx: _Context, action: str, fn: Any) -> Any:
     except HttpResponseError as exc:
         raise map_http_error(ctx, action, exc) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise errors.ProvisioningError(
+                f"the TLS certificate of {ctx.settings.azure_base_url} is not trusted: point KAIFLOW_AZURE_CA_BUNDLE "
+                f"at the CA bundle (PEM) that signed it, or fix KAIFLOW_AZURE_BASE_URL ({_short(str(exc))})",
+                reason="ARMCertificateUntrusted",
+            ) from None
         raise errors.TransientError(
             f"could not reach Azure Resource Manager at {ctx.settings.azure_base_url} to {action} {ctx.where}: "
             f"{type(exc).__name__}: {_short(str(exc))}",
@@ -452,13 +480,13 @@ def map_http_error(ctx: _Context, action: str, exc: Any) -> errors.KaiflowError:
     """The kaiflow error for an ARM ``HttpResponseError`` (the initial call or the operation's end)."""
     status, code, text = getattr(exc, "status_code", None), _code(exc), _arm_text(exc)
     s, vm = ctx.settings, ctx.props.get("vmSize", "?")
-    arm = f"(ARM {status} {code}: {text})"
+    arm = f"(ARM {'operation' if status == 200 else status} {code}: {text})"
     if _is_quota(code, text):
         return errors.QuotaExceeded(_quota_message(ctx, vm) + f" {arm}")
     if _is_sku(code, text):
         return errors.SkuUnavailable(
             f"VM size {vm} is not available to subscription {s.azure_subscription_id} in the cluster's region, so "
-            f"{ctx.where} cannot be {action}d: see `az vm list-skus --location <region> --size {vm} --all -o table` "
+            f"{ctx.where} cannot be {_PAST.get(action, action)}: see `az vm list-skus --location <region> --size {vm} --all -o table` "
             "(the Restrictions column), pick another resource.instanceType (`kaiflow skus`), or ask Azure support "
             f"to enable the size {arm}"
         )
@@ -489,6 +517,9 @@ def map_http_error(ctx: _Context, action: str, exc: Any) -> errors.KaiflowError:
             reason="ClusterNotFound",
         )
     return errors.ProvisioningError(f"could not {action} {ctx.where} {arm}", reason=code or "ProvisioningFailed")
+
+
+_PAST = {"create": "created", "delete": "deleted", "read": "read"}
 
 
 def _quota_message(ctx: _Context, vm: str) -> str:

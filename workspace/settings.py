@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     azure_cluster: str | None = Field(None, description="AKS managed cluster name; kaiflow adds one agent pool per workspace to it.")
     azure_base_url: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint (sovereign clouds, or a test server).")
     azure_ca_bundle: Path | None = Field(None, description="CA bundle (PEM) to verify the ARM endpoint with, instead of the system's.")
+    azure_credential: str = Field("default", description="'default' (azure-identity DefaultAzureCredential) or 'module:callable' returning a TokenCredential.")
     azure_retry_total: int = Field(3, ge=0, description="In-call retries of ARM 429/5xx/connection faults by azure-core (honours Retry-After); then the task retries.")
     azure_poll_interval_s: float = Field(15.0, ge=0, description="Seconds between polls of an agent pool's long-running operation when ARM sends no Retry-After.")
     aks_os_sku: Literal["Ubuntu", "AzureLinux"] = Field("Ubuntu", description="OS image of the GPU agent pools.")
