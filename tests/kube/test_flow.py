@@ -1,0 +1,131 @@
+"""The seed's workspaces through the real workspace flow (in-process, real Prefect server) against
+the fake API server, driven by the real kubernetes client; objects checked field by field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.workspace_flow import workspace_flow
+from infra import local_state
+from workspace import loader, status
+from workspace.errors import KaiflowError
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "examples" / "seed"
+GPU = "nvidia.com/gpu"
+
+pytestmark = pytest.mark.slow
+
+
+def _byo(monkeypatch, kube, labels: dict[str, str], n: int = 1) -> None:
+    monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
+    for i in range(n):
+        kube.add_node(f"gpu-{i}", labels=labels, instance_type="Standard_NC6s_v3",
+                      taints=[{"key": "sku", "value": "gpu", "effect": "NoSchedule"}])
+
+
+def _run(path: Path) -> tuple[dict, object]:
+    b = loader.load_files([path])
+    ws = b.workspaces[0]
+    return workspace_flow(workspace=ws, config_maps=b.config_maps, platform="kubernetes"), ws
+
+
+def _container(pod_spec: dict, name: str) -> dict:
+    return next(c for c in pod_spec.get("initContainers", []) + pod_spec["containers"] if c["name"] == name)
+
+
+def test_seed_inference_runs_unchanged_and_objects_are_as_specified(kube_env, prefect_api, monkeypatch):
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3"})
+    result, ws = _run(SEED / "workspace-phi-3-mini.yaml")
+    name = "workspace-phi-3-mini"
+    assert result["inference"]["endpoint"] == f"http://{name}.default.svc.cluster.local"
+
+    sts = kube.get("apps/v1", "StatefulSet", name, "default")
+    pod = sts["spec"]["template"]["spec"]
+    c = _container(pod, "inference")
+    assert c["image"] == "ghcr.io/kaiflow/kaiflow:test"
+    assert c["command"][:9] == ["python", "-m", "serving", "--model", "phi-3-mini-4k-instruct", "--host", "0.0.0.0",
+                                "--port", "5000"]
+    assert c["resources"] == {"requests": {GPU: "1"}, "limits": {GPU: "1"}}
+    assert {p["containerPort"] for p in c["ports"]} == {5000, 29500}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": 5000}
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "apps", "operator": "In", "values": ["phi-3"]}]}]
+    params = yaml.safe_load(kube.get("v1", "ConfigMap", f"{name}-inference-params", "default")["data"]["inference_config.yaml"])
+    assert params["vllm"]["max-model-len"] == 4096 and params["vllm"]["dtype"] == "float16"
+
+    svc = kube.get("v1", "Service", name, "default")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(80, 5000), (29500, 29500)]
+    cr = kube.get("kaito.sh/v1alpha1", "Workspace", name, "default")
+    for obj in (sts, svc, kube.get("v1", "Service", f"{name}-headless", "default")):
+        assert obj["metadata"]["labels"]["kaito.sh/workspace"] == name
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+    conds = {c["type"]: c["status"] for c in cr["status"]["conditions"]}
+    assert conds == {"ResourceReady": "True", "InferenceReady": "True", "WorkspaceReady": "True"}
+    assert cr["status"]["workerNodes"] == ["gpu-0"]
+
+    # re-apply: server-side applies change nothing
+    versions = {k: kube.get(*k)["metadata"]["resourceVersion"] for k in
+                (("apps/v1", "StatefulSet", name, "default"), ("v1", "Service", name, "default"))}
+    _run(SEED / "workspace-phi-3-mini.yaml")
+    assert {k: kube.get(*k)["metadata"]["resourceVersion"] for k in versions} == versions
+
+
+def test_seed_adapter_inference_pulls_adapters_in_an_init_container(kube_env, prefect_api, monkeypatch):
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3-adapter"})
+    _run(SEED / "workspace-phi-3-mini-adapter.yaml")
+    pod = kube.get("apps/v1", "StatefulSet", "workspace-phi-3-mini-adapter", "default")["spec"]["template"]["spec"]
+    init = _container(pod, "pull-adapters")
+    assert init["command"] == ["python", "-m", "infra.pod", "pull-adapters", "--dest", "/mnt/adapter",
+                               "--adapter", "phi-3-adapter=ACR_REPO_HERE.azurecr.io/ADAPTER_HERE:0.0.1"]
+    main = _container(pod, "inference")
+    assert main["command"][main["command"].index("--adapter") + 1] == "phi-3-adapter=/mnt/adapter/phi-3-adapter:1"
+    assert {"name": "adapters", "mountPath": "/mnt/adapter", "readOnly": True} in main["volumeMounts"]
+    assert {"name": "adapters", "emptyDir": {}} in pod["volumes"]
+
+
+@pytest.mark.parametrize("failure", ["ImagePullBackOff", "CrashLoopBackOff", "Unschedulable"])
+def test_pod_failures_surface_in_inference_ready(kube_env, prefect_api, monkeypatch, failure):
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3"})
+    kube.controllers.pod_failure = failure
+    with pytest.raises(KaiflowError):
+        _run(SEED / "workspace-phi-3-mini.yaml")
+    cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.INFERENCE_READY)
+    assert cond["status"] == "False" and cond["reason"] == failure
+    cr = kube.get("kaito.sh/v1alpha1", "Workspace", "workspace-phi-3-mini", "default")
+    crc = {c["type"]: c for c in cr["status"]["conditions"]}
+    assert crc["InferenceReady"]["reason"] == failure and crc["WorkspaceReady"]["status"] == "False"
+
+
+def test_byo_without_matching_nodes_is_a_clear_error(kube_env, prefect_api, monkeypatch):
+    monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
+    kube_env.add_node("other", labels={"apps": "something-else"})
+    with pytest.raises(KaiflowError, match="no nodes match resource.labelSelector apps=phi-3"):
+        _run(SEED / "workspace-phi-3-mini.yaml")
+    cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.RESOURCE_READY)
+    assert cond["reason"] == "NoMatchingNodes"
+
+
+def test_delete_removes_everything(kube_env, prefect_api, monkeypatch):
+    from infra.kube import platform as kube_platform
+
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3"})
+    _, ws = _run(SEED / "workspace-phi-3-mini.yaml")
+    gone = kube_platform.teardown_record(local_state.load(ws.name))
+    assert gone["StatefulSet"] == [ws.name] and sorted(gone["Service"]) == [ws.name, f"{ws.name}-headless"]
+    assert gone["Workspace"] == [ws.name]
+    sel = {"kaito.sh/workspace": ws.name}
+    for av, kind in (("apps/v1", "StatefulSet"), ("v1", "Service"), ("v1", "ConfigMap"), ("v1", "Pod")):
+        assert kube.list(av, kind, "default", labels=sel) == []
+    assert kube.get("kaito.sh/v1alpha1", "Workspace", ws.name, "default") is None
