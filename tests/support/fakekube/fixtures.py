@@ -1,0 +1,52 @@
+"""pytest fixtures around :class:`FakeKube`; import them into a conftest.py:
+
+    from tests.support.fakekube.fixtures import fakekube, kube_client, kubeconfig  # noqa: F401
+
+``fakekube``: a started server (Kubernetes schemas 1.30 and 1.34), stopped after the test.
+``kubeconfig``: a kubeconfig file pointing at it (namespace ``default``).
+``kube_client``: a ``kubernetes.client.ApiClient`` built from that kubeconfig (not the global one).
+``kube_crds``: the server with deployments/crds/*.yaml installed through the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.support.fakekube.kube import FakeKube
+
+CRD_DIR = Path(__file__).resolve().parents[3] / "deployments" / "crds"
+
+
+@pytest.fixture
+def fakekube() -> Iterator[FakeKube]:
+    kube = FakeKube(versions=("1.30", "1.34")).start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
+@pytest.fixture
+def kubeconfig(fakekube: FakeKube, tmp_path: Path) -> Path:
+    return fakekube.write_kubeconfig(tmp_path / "kubeconfig", namespace="default")
+
+
+@pytest.fixture
+def kube_client(kubeconfig: Path) -> Iterator[Any]:
+    from kubernetes import config
+
+    api = config.new_client_from_config(str(kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def kube_crds(fakekube: FakeKube) -> FakeKube:
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        fakekube.install_crd(path)
+    return fakekube

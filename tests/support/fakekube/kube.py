@@ -1,0 +1,137 @@
+"""`FakeKube`: the object tests hold — start/stop, kubeconfig, state for assertions, nodes, faults."""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.fakekube import controllers as controllers_mod
+from tests.support.fakekube import selectors, server, store
+
+GPU = "nvidia.com/gpu"
+
+
+class FakeKube:
+    """A fake Kubernetes API server on 127.0.0.1 for the real ``kubernetes`` client (see the package docstring)."""
+
+    def __init__(self, versions: tuple[str, ...] = ("1.30", "1.34"), controllers: bool = True):
+        self.versions = tuple(versions)
+        self.store = store.Store(self.versions)
+        self.requests: list[server.Request] = []
+        self.pod_logs: dict[str, str] = {}
+        self.faults: list[server.Fault] = []
+        self._faults_lock = threading.Lock()
+        self.stopping = False
+        self.controllers = controllers_mod.Controllers(self)
+        self._run_controllers = controllers
+        self._server: server.Server | None = None
+        self.url = ""
+
+    # ---- lifecycle ----
+    def start(self) -> "FakeKube":
+        self.stopping = False
+        self._server, _ = server.start_server(self)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if self._run_controllers:
+            self.controllers.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.controllers.stop()
+        with self.store.lock:
+            self.store.changed.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeKube":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        """A kubeconfig (context ``fakekube``) that ``kubernetes.config.load_kube_config`` loads."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "fakekube", "preferences": {},
+            "clusters": [{"name": "fakekube", "cluster": {"server": self.url}}],
+            "users": [{"name": "fakekube", "user": {"token": "fakekube-token"}}],
+            "contexts": [{"name": "fakekube", "context": {"cluster": "fakekube", "user": "fakekube",
+                                                          "namespace": namespace}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # ---- state ----
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            return self.store.get(self.store.find_type(api_version, kind), namespace, name)
+        except store.ApiError:
+            return None
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        try:
+            rtype = self.store.find_type(api_version, kind)
+        except store.ApiError:
+            return []
+        match = selectors.labels_dict_selector(labels)
+        return self.store.list(rtype, namespace, lambda obj: match(obj["metadata"].get("labels") or {}))
+
+    def create(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        """Create an object directly in the store (validated like an API create); for test set-up."""
+        rtype = self.store.find_type(obj["apiVersion"], obj["kind"])
+        return self.store.create(rtype, obj, namespace or obj.get("metadata", {}).get("namespace") or
+                                 ("default" if rtype.namespaced else None))
+
+    def install_crd(self, path: str | Path) -> list[dict[str, Any]]:
+        """Create every CustomResourceDefinition in a YAML file; returns them."""
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+        return [self.create(d) for d in docs if d.get("kind") == "CustomResourceDefinition"]
+
+    # ---- nodes ----
+    def add_node(self, name: str, *, labels: dict[str, str], gpu_count: int = 1,
+                 gpu_product: str = "Tesla-V100-PCIE-16GB", gpu_memory_mib: int = 16384,
+                 instance_type: str | None = None, ready: bool = True,
+                 taints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A Node with GPU capacity and GPU Feature Discovery labels (as the NVIDIA GPU operator sets them)."""
+        node = controllers_mod.node_object(name, labels=labels, gpu_count=gpu_count, gpu_product=gpu_product,
+                                           gpu_memory_mib=gpu_memory_mib, instance_type=instance_type, ready=ready,
+                                           taints=taints)
+        return self.create(node)
+
+    def remove_node(self, name: str) -> None:
+        self.store.delete(self.store.find_type("v1", "Node"), None, name)
+
+    # ---- faults ----
+    def fail_next(self, method: str, path_regex: str, status: int = 500, times: int = 1, delay_s: float = 0,
+                  reason: str = "InternalError") -> None:
+        """The next ``times`` requests whose method and URL path match answer ``status`` with a Status body.
+
+        With ``delay_s`` the answer is delayed first (a client timeout shorter than that sees a
+        timeout); ``status=0`` with a delay serves the request normally after the delay.
+        """
+        with self._faults_lock:
+            self.faults.append(server.Fault(method.upper(), path_regex, status, times, delay_s, reason))
+
+    def conflict_next(self, kind: str, name: str, times: int = 1) -> None:
+        """The next ``times`` writes (PUT, PATCH, apply, DELETE) of that object answer 409 Conflict."""
+        with self.store.lock:
+            self.store.conflicts.append([kind.lower(), name, times])
+
+    def _take_fault(self, method: str, path: str) -> server.Fault | None:
+        with self._faults_lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.method in (method, "*") and re.search(fault.path_regex, path):
+                    fault.times -= 1
+                    return copy.copy(fault)
+        return None

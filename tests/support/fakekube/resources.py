@@ -1,0 +1,105 @@
+"""The resource types the fake serves: built-in kinds plus the kinds of installed CRDs.
+
+Discovery documents, URL routing and validation all read this one table, so a kind is either
+served everywhere (list, watch, discovery, `kube.get`) or nowhere (404 until its CRD exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceType:
+    group: str                       # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    subresources: tuple[str, ...] = ()          # "status", "log"
+    schema: dict[str, Any] | None = None        # openAPIV3Schema (custom resources only)
+    categories: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def custom(self) -> bool:
+        return self.schema is not None
+
+    @property
+    def storage_key(self) -> tuple[str, str]:
+        """Objects are stored once per group/plural, whatever version they are read at."""
+        return (self.group, self.plural)
+
+    def discovery_entry(self) -> list[dict[str, Any]]:
+        verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        entry: dict[str, Any] = {"name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
+                                 "kind": self.kind, "verbs": verbs}
+        if self.short_names:
+            entry["shortNames"] = list(self.short_names)
+        if self.categories:
+            entry["categories"] = list(self.categories)
+        entries = [entry]
+        for sub in self.subresources:
+            sub_verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
+            sub_kind = "Pod" if sub == "log" else self.kind
+            entries.append({"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
+                            "kind": sub_kind, "verbs": sub_verbs})
+        return entries
+
+
+def _t(group: str, version: str, plural: str, kind: str, namespaced: bool = True,
+       short: tuple[str, ...] = (), subs: tuple[str, ...] = ()) -> ResourceType:
+    return ResourceType(group, version, plural, kind, namespaced, short, subs)
+
+
+BUILTINS: tuple[ResourceType, ...] = (
+    _t("", "v1", "namespaces", "Namespace", False, ("ns",), ("status",)),
+    _t("", "v1", "nodes", "Node", False, ("no",), ("status",)),
+    _t("", "v1", "pods", "Pod", True, ("po",), ("status", "log")),
+    _t("", "v1", "services", "Service", True, ("svc",), ("status",)),
+    _t("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
+    _t("", "v1", "secrets", "Secret", True),
+    _t("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+    _t("", "v1", "events", "Event", True, ("ev",)),
+    _t("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), ("status",)),
+    _t("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status",)),
+    _t("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status",)),
+    _t("batch", "v1", "jobs", "Job", True, (), ("status",)),
+    _t("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    _t("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    _t("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    _t("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    _t("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, ("crd", "crds"),
+       ("status",)),
+)
+
+
+def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
+    """One ResourceType per served version of a CustomResourceDefinition object."""
+    spec = crd["spec"]
+    names = spec["names"]
+    out = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        subs = ("status",) if "status" in (version.get("subresources") or {}) else ()
+        schema = ((version.get("schema") or {}).get("openAPIV3Schema")) or {"type": "object",
+                                                                            "x-kubernetes-preserve-unknown-fields": True}
+        out.append(ResourceType(spec["group"], version["name"], names["plural"], names["kind"],
+                                spec.get("scope", "Namespaced") == "Namespaced",
+                                tuple(names.get("shortNames") or ()), subs, schema,
+                                tuple(names.get("categories") or ())))
+    return out
+
+
+def crd_storage_version(crd: dict[str, Any]) -> str:
+    return next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
