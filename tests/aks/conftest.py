@@ -64,3 +64,6 @@ def settings(arm: fakearm.FakeArm) -> settings_mod.Settings:
 @pytest.fixture
 def seed_workspace():
     return loader.load_file(SEED_TUNING).workspaces[0]
+
+
+from tests.support.fakekube.fixtures import fakekube, kube_crds  # noqa: E402,F401  (flow test)
