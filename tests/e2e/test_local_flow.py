@@ -127,6 +127,15 @@ def test_apply_reapply_change_delete(env, tmp_path):
     assert any(e["reason"] == "AdapterRolled" for e in rec3["events"])
     assert ask(endpoint, "Which planet is red?") == "Venus."
 
+    # a re-apply that fails midway (the data is gone) keeps the endpoint, the server and the image
+    (env["files"].root / "qa.jsonl").unlink()
+    r = kaiflow(env, "apply", "-f", str(ws))
+    assert r.returncode == 1 and "404" in r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+    rec4 = record(env, "e2e-tune-serve")
+    assert rec4["adapter_image"] == rec3["adapter_image"] and rec4["server"]["pid"] == pid
+    assert ask(endpoint, "Which planet is red?") == "Venus."
+    write_data(env["files"].root / "qa.jsonl", changed)
+
     d = kaiflow(env, "describe", "workspace", "e2e-tune-serve")
     assert rec3["adapter_image"] in d.stdout and "InferenceReady" in d.stdout
 
