@@ -20,9 +20,6 @@ from tests.support import fakearm, fileserver
 from tests.support import registry as test_registry
 from workspace import loader
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
 @pytest.fixture
 def aks_env(kube_crds, arm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """FakeKube (CRDs installed) + fake ARM wired together, kaiflow settings aimed at both."""
@@ -52,6 +49,8 @@ def _seed_with_local_inputs(data_url: str, image: str):
     return ws
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_seed_tuning_yaml_provisions_a_pool_and_tunes_on_it(aks_env, arm, prefect_api, tmp_path):
     from flows import workspace_flow
     from infra import registry
@@ -99,3 +98,22 @@ def test_seed_tuning_yaml_provisions_a_pool_and_tunes_on_it(aks_env, arm, prefec
         assert deleted["AgentPool"] == [name]
         assert name not in arm.pools and kube.list("v1", "Node", labels={"kubernetes.azure.com/agentpool": name}) == []
     assert arm.hook_errors == []
+
+
+def test_quota_lands_in_resource_ready_and_is_not_retried(aks_env, arm):
+    """The provision step (no Prefect needed) writes the reason and message to ResourceReady."""
+    from infra import local_state
+    from infra.kube import platform
+    from workspace import errors, status
+
+    arm.fail("PUT", 0, "QuotaExceeded", "exceeding approved standardNCSv3Family Cores quota", at="operation")
+    ws = _seed_with_local_inputs("http://127.0.0.1:9/unused.jsonl", "127.0.0.1:9/unused:0.0.1")
+    with pytest.raises(errors.QuotaExceeded) as info:
+        platform.provision(ws, "aks")
+    assert not errors.is_transient(info.value)
+    record = local_state.load(ws.name) or {}
+    conds = {c["type"]: c for c in record.get("conditions", [])}
+    ready = conds[status.RESOURCE_READY]
+    assert ready["status"] in (False, "False") and ready["reason"] == "QuotaExceeded"
+    assert "az vm list-usage" in ready["message"]
+    assert len(arm.pool_requests("PUT")) == 1
