@@ -3,7 +3,7 @@
 Only the subset a workload operator trips over is modelled: Job selectors and template labels
 generated from the Job's uid, ``restartPolicy`` of Job pods, selectors that must match the pod
 template, a Service's cluster IP, Secret ``stringData`` folded into ``data``, immutable Job
-templates and workload selectors, CRD names and their Established condition. Defaults the
+templates, workload selectors and NodeClaim specs, CRD names and their Established condition. Defaults the
 real server fills into pod specs (dnsPolicy, terminationMessagePath, ...) are left out on purpose
 except ``restartPolicy``, ``imagePullPolicy`` and ``schedulerName``.
 """
@@ -38,6 +38,10 @@ def _pod_spec_defaults(spec: dict[str, Any], restart: str = "Always") -> None:
 
 def on_create(rtype: resources.ResourceType, obj: dict[str, Any], store: Any) -> None:
     meta, spec = obj["metadata"], obj.get("spec")
+    if not rtype.custom and rtype.kind in ("Job", "StatefulSet", "Deployment"):
+        obj["status"] = {"replicas": 0} if rtype.kind == "StatefulSet" else {}
+    elif _is(rtype, "", "Service"):
+        obj["status"] = {"loadBalancer": {}}
     if _is(rtype, "", "Namespace"):
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
         obj["status"] = {"phase": "Active"}
@@ -148,6 +152,8 @@ def immutable_change(rtype: resources.ResourceType, new: dict[str, Any], old: di
         fields = [("spec", "selector"), ("spec", "volumeClaimTemplates"), ("spec", "serviceName")]
     elif _is(rtype, "apps", "Deployment"):
         fields = [("spec", "selector")]
+    elif rtype.group == "karpenter.sh" and rtype.kind == "NodeClaim":
+        fields = [("spec",)]          # the CRD's CEL rule `self == oldSelf`
     elif _is(rtype, "", "Secret") or _is(rtype, "", "ConfigMap"):
         if old.get("immutable") and (new.get("data") != old.get("data")):
             return "data: Forbidden: field is immutable when `immutable` is set"

@@ -246,6 +246,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise store.ApiError(400, "BadRequest", "the request body must be an object")
         self._check_body_type(route, body)
+        self.kube.store.check_conflict_fault(route.rtype, (body.get("metadata") or {}).get("name") or "")
         created = self.kube.store.create(route.rtype, body, route.namespace, dry_run=_dry_run(query))
         self._send(201, created)
 

@@ -161,6 +161,11 @@ class Store:
                            {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": [
                                {"reason": "FieldValueInvalid", "field": problem.split(":")[0], "message": problem}]})
 
+    def check_conflict_fault(self, rtype: resources.ResourceType, name: str) -> None:
+        """Answer 409 when ``conflict_next`` armed a conflict for this object (any write, creates included)."""
+        with self.lock:
+            self._check_conflict_fault(rtype, name)
+
     def _check_conflict_fault(self, rtype: resources.ResourceType, name: str) -> None:
         for entry in self.conflicts:
             if entry[0] in (rtype.kind.lower(), rtype.plural) and entry[1] == name and entry[2] > 0:
@@ -343,6 +348,7 @@ class Store:
         key = self._key(rtype, namespace, name)
         old = self.objects.get(key)
         applied = patches.strip_directives(body)
+        self._check_conflict_fault(rtype, name)
         if old is None:
             if subresource:
                 raise not_found(rtype, name)
@@ -352,7 +358,6 @@ class Store:
             if not dry_run:
                 self.applied[(created["metadata"]["uid"], field_manager)] = applied
             return created, True
-        self._check_conflict_fault(rtype, name)
         uid = old["metadata"]["uid"]
         if not force:
             for (other_uid, manager), other in self.applied.items():
