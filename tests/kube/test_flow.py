@@ -3,7 +3,6 @@ the fake API server, driven by the real kubernetes client; objects checked field
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
