@@ -99,7 +99,7 @@ def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[s
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = local_state.workspace_dir(name) / "tuning.log"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump({"training_config": raw or {}}, f)
+        yaml.safe_dump({"training_config": tuning_config.sections_of(raw)}, f)  # Kaito's file is wrapped already
         cfg_path = f.name
     cmd = [sys.executable, "-m", "tuning", "--config", cfg_path, "--data", dataset["dir"], "--model", model,
            "--output", str(out), "--method", method]

@@ -86,3 +86,13 @@ def load_workspace(name: str, url: str, *, inference: bool):
     text = CONFIG.format(name=name) + "---" + WORKSPACE.format(name=name, url=url) + (INFERENCE if inference else "")
     bundle = loader.load_text(text, source=f"{name}.yaml")
     return bundle.workspaces[0], bundle.config_maps
+
+
+def thread(target) -> "threading.Thread":
+    """A thread that runs ``target`` in a copy of this context: Prefect keeps its settings (the
+    ``prefect_api`` server's URL) in a context variable, and a bare thread would start Prefect's
+    temporary server instead of talking to the session's."""
+    import contextvars
+    import threading
+
+    return threading.Thread(target=contextvars.copy_context().run, args=(target,))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from flows import concurrency
+from tests.retrain.conftest import thread
 from workspace.errors import QuotaExceeded, TransientError
 
 
@@ -26,7 +27,7 @@ def hold_in_threads(enter, n: int, seconds: float) -> list[tuple[float, float, d
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(n)]
+    threads = [thread(work) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -98,7 +99,7 @@ def test_waiting_for_a_slot_is_bounded(prefect_api, monkeypatch):
             holding.set()
             release.wait(30)
 
-    t = threading.Thread(target=holder)
+    t = thread(holder)
     t.start()
     try:
         assert holding.wait(30)
