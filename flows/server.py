@@ -56,10 +56,16 @@ def start_worker(api: str, pool: str) -> dict:
     env.pop("KAIFLOW_DATABASE_URL", None)  # flow runs never need the server's database password
     prefect_bin = str(Path(sys.executable).parent / "prefect")
     cmd = [prefect_bin, "worker", "start", "--pool", pool, "--type", "process", "--name", f"kaiflow-{pool}"]
-    pid = local_process.start(cmd, log_path=home / "worker.log", pidfile=home / "worker.pid", env=env,
-                              cwd=str(Path(__file__).resolve().parent.parent))
+    for attempt in (1, 2):  # a worker whose first API call fails exits at once; a loaded machine gets a second try
+        pid = local_process.start(cmd, log_path=home / "worker.log", pidfile=home / "worker.pid", env=env,
+                                  cwd=str(Path(__file__).resolve().parent.parent))
+        try:
+            _wait_worker_online(api, pool, pid, home / "worker.log")
+            break
+        except KaiflowError:
+            if attempt == 2:
+                raise
     info = {"pid": pid, "api": api, "pool": pool, "log": str(home / "worker.log")}
-    _wait_worker_online(api, pool, pid, home / "worker.log")
     _worker_file().write_text(json.dumps(info))
     return info
 
