@@ -162,3 +162,26 @@ def test_requests_are_recorded(kube_client, fakekube):
     post = [r for r in fakekube.requests if r.method == "POST"][-1]
     assert post.path == "/api/v1/namespaces/default/configmaps"
     assert post.content_type == "application/json" and post.body["metadata"]["name"] == "r"
+
+
+def test_deleting_a_namespace_deletes_what_is_in_it(kube_client, fakekube):
+    core = client.CoreV1Api(kube_client)
+    core.create_namespace({"metadata": {"name": "team"}})
+    core.create_namespaced_config_map("team", {"metadata": {"name": "cfg"}})
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "cfg"}})
+    core.delete_namespace("team")
+    assert fakekube.get("v1", "ConfigMap", "cfg", "team") is None
+    assert fakekube.get("v1", "ConfigMap", "cfg", NS) is not None
+
+
+def test_dynamic_client_watch_and_apply(kube_client, tmp_path):
+    dyn = dynamic.DynamicClient(kube_client, cache_file=str(tmp_path / "discovery.json"))
+    cms = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "namespace": NS},
+            "data": {"a": "1"}}
+    first = cms.server_side_apply(body=body, namespace=NS, field_manager="kaiflow")
+    again = cms.server_side_apply(body=body, namespace=NS, field_manager="kaiflow")
+    assert first.metadata.resourceVersion == again.metadata.resourceVersion
+    events = [(e["type"], e["object"].metadata.name) for e in
+              dyn.watch(cms, namespace=NS, timeout=1, resource_version="0")]
+    assert events == [("ADDED", "applied")]

@@ -43,7 +43,17 @@ What it models:
   a scheduler that only checks nodeSelector / required node affinity, taints/tolerations and
   ``nvidia.com/gpu`` allocatable, and pod failures on demand (ImagePullBackOff, Unschedulable,
   CrashLoopBackOff).
-- Faults on demand: ``fail_next`` (status and/or delay per method + path regex), ``conflict_next``.
+- Faults on demand: ``fail_next`` (status and/or delay per method + regex on the URL path, query
+  excluded; ``status=0`` with ``delay_s`` serves the request after the delay), ``conflict_next``
+  (any write of the object, creates included, answers 409 Conflict).
+
+Beyond the interface others code against: ``kube.create(obj)`` / ``kube.install_crd(path)`` (set-up
+straight into the store, validated), ``kube.store`` (state, resourceVersions, event log),
+``kube.controllers.step()`` / ``.errors`` / ``.interval_s``, ``controllers.INSTANCE_TYPES`` (the GPU
+table NodeClaims use), ``printer.columns(crd, obj)`` (``kubectl get`` columns of a custom resource),
+and the pytest fixtures in ``fixtures.py``. Client quirks the tests found (real client, not the
+fake): ``read_namespaced_pod_log`` returns ``"b'...'"`` unless called with
+``_preload_content=False``; urllib3 retries a timed-out GET by itself but not a POST/PATCH.
 
 What it does NOT model: authentication and RBAC enforcement (any token is accepted), admission
 webhooks and admission plugins (no LimitRanges, quotas, pod security), CEL validation rules and
