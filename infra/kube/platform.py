@@ -120,7 +120,7 @@ def provision(ws: spec.Workspace, platform: str, settings: settings_mod.Settings
         elif provisioner == "aks":
             from infra import aks
 
-            pool = aks.ensure_agent_pool(ws, p, settings)
+            pool = aks.ensure_agent_pool(ws, p, settings, namespace=ns)
             placement = {"node_selector": dict(pool["node_selector"]), "tolerations": list(pool.get("tolerations") or [])}
             nodes = wait_for_gpu_nodes(kube, pool["node_selector"], int(pool["count"]),
                                        int(pool.get("gpu_per_node") or gpus), settings.kube_wait_timeout_s)
@@ -509,7 +509,7 @@ def teardown(ws: spec.Workspace, platform: str = "kubernetes", settings: setting
     if platform == "aks":
         from infra import aks
 
-        deleted["AgentPool"] = [aks.pool_name(ws, ns)] if aks.delete_agent_pool(ws, settings) else []
+        deleted["AgentPool"] = [aks.pool_name(ws, ns)] if aks.delete_agent_pool(ws, settings, namespace=ns) else []
     return deleted
 
 
