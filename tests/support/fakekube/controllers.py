@@ -361,9 +361,9 @@ class Controllers:
         revision = f"{obj['metadata']['name']}-{_template_hash(template)}"
         label = "controller-revision-hash" if stateful else "pod-template-hash"
         pod_type = self._type("v1", "Pod")
+        wanted_label = revision if stateful else revision.rsplit("-", 1)[1]
         for pod in pods:
-            stale = pod["metadata"].get("labels", {}).get(label) != revision.rsplit("-", 1)[1] and not stateful or \
-                stateful and pod["metadata"].get("labels", {}).get(label) != revision
+            stale = (pod["metadata"].get("labels") or {}).get(label) != wanted_label
             extra = stateful and int(pod["metadata"]["name"].rsplit("-", 1)[1]) >= replicas
             if stale or extra:
                 self.store.delete(pod_type, pod["metadata"]["namespace"], pod["metadata"]["name"])

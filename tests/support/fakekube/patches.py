@@ -139,13 +139,12 @@ def remove_unapplied(live: Any, previous: Any, applied: Any, field: str = "") ->
     return live
 
 
-def conflicting_fields(applied: Any, other: Any, live: Any, path: str = "") -> list[str]:
+def conflicting_fields(applied: Any, other: Any, path: str = "") -> list[str]:
     """Field paths another apply manager set (``other``) that ``applied`` sets to a different value."""
     if isinstance(applied, dict) and isinstance(other, dict):
         out: list[str] = []
         for key, value in applied.items():
             if key in other:
-                out += conflicting_fields(value, other[key], (live or {}).get(key) if isinstance(live, dict) else None,
-                                          f"{path}.{key}")
+                out += conflicting_fields(value, other[key], f"{path}.{key}")
         return out
     return [] if applied == other else [path]

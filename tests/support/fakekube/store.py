@@ -15,7 +15,7 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable
 
-from tests.support.fakekube import patches, resources, validation
+from tests.support.fakekube import defaults, patches, resources, validation
 
 Key = tuple[str, str, str, str]          # group, plural, namespace ("" when cluster-scoped), name
 EVENT_LOG_LIMIT = 10000
@@ -142,7 +142,6 @@ class Store:
                 validation.validate_custom(obj, rtype.schema or {})
             else:
                 validation.validate_builtin(obj, self.versions)
-                from tests.support.fakekube import defaults
                 problem = defaults.semantic_problem(rtype, obj)
                 if problem:
                     raise validation.Invalid(problem, [{"reason": "FieldValueInvalid", "message": problem,
@@ -152,7 +151,6 @@ class Store:
                            {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": err.causes}) from None
 
     def _check_immutable(self, rtype: resources.ResourceType, obj: dict[str, Any], old: dict[str, Any]) -> None:
-        from tests.support.fakekube import defaults
         name = obj["metadata"]["name"]
         problem = defaults.immutable_change(rtype, obj, old)
         if problem:
@@ -184,7 +182,6 @@ class Store:
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         meta = obj.setdefault("metadata", {})
         meta.pop("managedFields", None)
-        from tests.support.fakekube import defaults
         defaults.normalize(rtype, obj)
         if old is not None:
             for field in ("uid", "creationTimestamp", "namespace", "name"):
@@ -257,7 +254,6 @@ class Store:
             if key in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{_resource_name(rtype)} "{meta["name"]}" already exists',
                                {"name": meta["name"], "group": rtype.group, "kind": rtype.plural})
-            from tests.support.fakekube import defaults
             defaults.on_create(rtype, obj, self)
             return self.commit(rtype, obj, None, dry_run)
 
@@ -305,7 +301,6 @@ class Store:
               dry_run: bool = False) -> tuple[dict[str, Any], bool]:
         """Apply a patch; returns (object, created) — only server-side apply creates."""
         with self.lock:
-            key = self._key(rtype, namespace, name)
             if content_type.startswith("application/apply-patch"):
                 return self._apply(rtype, namespace, name, body, field_manager, force, subresource, dry_run)
             old = self._current(rtype, namespace, name)
@@ -332,7 +327,6 @@ class Store:
             if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
                 raise self._conflict(rtype, name)
             new = self._keep_other_part(rtype, new, old, subresource)
-            del key
             return self.commit(rtype, new, old, dry_run), False
 
     def _apply(self, rtype: resources.ResourceType, namespace: str | None, name: str, body: Any,
@@ -345,8 +339,7 @@ class Store:
             raise ApiError(400, "BadRequest", "apply patches must set apiVersion and kind")
         if (body.get("metadata") or {}).get("name") not in (None, name):
             raise ApiError(400, "BadRequest", "the name of the applied object does not match the name on the URL")
-        key = self._key(rtype, namespace, name)
-        old = self.objects.get(key)
+        old = self.objects.get(self._key(rtype, namespace, name))
         applied = patches.strip_directives(body)
         self._check_conflict_fault(rtype, name)
         if old is None:
@@ -362,7 +355,7 @@ class Store:
         if not force:
             for (other_uid, manager), other in self.applied.items():
                 if other_uid == uid and manager != field_manager:
-                    fields = patches.conflicting_fields(applied, other, old)
+                    fields = patches.conflicting_fields(applied, other)
                     if fields:
                         raise ApiError(409, "Conflict", f'Apply failed with {len(fields)} conflict(s): conflict with '
                                        f'"{manager}": {", ".join(fields)}', {"name": name, "group": rtype.group,
