@@ -21,7 +21,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",  # the tuning, evaluation and serving processes: steady on shared 2-core machines
 }
 
-# A Kaito training_config.yaml small enough for tests: the tiny model memorises a few dozen rows in 40 steps.
+# A Kaito training_config.yaml small enough for tests: the tiny model memorises a few dozen rows in 60 steps (~3 s).
 CONFIG = """
 apiVersion: v1
 kind: ConfigMap
@@ -30,9 +30,9 @@ data:
   training_config.yaml: |
     training_config:
       TrainingArguments:
-        max_steps: 40
+        max_steps: 60
         logging_steps: 10
-        save_steps: 40
+        save_steps: 60
 """
 
 WORKSPACE = """
