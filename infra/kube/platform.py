@@ -383,15 +383,18 @@ def _pod_failure(kube: kclient.Kube, ns: str, labels: dict[str, str]) -> str:
 
 
 def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Workspace) -> str:
-    """The digest-pinned image the push container reported in its termination message."""
+    """The digest-pinned image the Job pushed: preferably what its push-adapter container wrote to
+    its termination message (the digest it pushed, whatever the tag points at by now); else the
+    tag resolved in the registry (a pod gone after the Job's TTL, or an old image). Logs which."""
     for pod in reversed(_pods(kube, ns, {manifests.CACHE_KEY_LABEL: cache_key[:63]})):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") == "push-adapter" and term.get("message"):
-                try:
-                    return str(json.loads(term["message"])["reference"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+            if cs.get("name") == "push-adapter" and term.get("exitCode", 0) == 0:
+                reference = termination_reference(term.get("message") or "")
+                if reference:
+                    log.info("pushed adapter %s: read from the termination message of pod %s", reference,
+                             pod["metadata"]["name"])
+                    return reference
     image = ws.tuning.output.image
     if image:  # no (parsable) termination message: ask the registry what the tag points at now
         from infra import registry
@@ -404,10 +407,28 @@ def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Work
             log.warning("could not resolve %s in its registry: %s", image, exc)
             digest = None
         if digest:
-            return registry.parse_reference(qualified).pinned(digest)
+            pinned = registry.parse_reference(qualified).pinned(digest)
+            log.warning("pushed adapter %s: no termination message from the push-adapter container; resolved the "
+                        "tag %s in the registry instead (it may have moved since the Job pushed)", pinned, image)
+            return pinned
     raise errors.TuningError(
         f"tuning Job for {ws.name} succeeded but its push-adapter container reported no image in its termination "
         f"message and {image or 'the output'} could not be resolved; check `kaiflow logs {ws.name} --tuning`")
+
+
+def termination_reference(message: str) -> str:
+    """The pinned image in a push-adapter termination message: ``infra.pod``'s JSON
+    (``{"reference": "...@sha256:..."}``) or a bare ``image@sha256:<64 hex>`` line; '' otherwise."""
+    text = message.strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    candidate = str(parsed.get("reference") or "") if isinstance(parsed, dict) else (text.splitlines() or [""])[-1]
+    name, sep, digest = candidate.partition("@sha256:")
+    if sep and name and len(digest) == 64 and all(ch in "0123456789abcdef" for ch in digest):
+        return candidate
+    return ""
 
 
 def _local_secret(name: str | None) -> Any:

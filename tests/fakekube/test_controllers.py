@@ -137,6 +137,59 @@ def test_job_failure_sets_failed_condition(fakekube, kube_client):
     assert pod.status.phase == "Failed"
 
 
+def _job_pod(core: Any, job_name: str, phase: str | None = None) -> Any:
+    pods = core.list_namespaced_pod(NS, label_selector=f"job-name={job_name}").items
+    return pods[0] if pods and (phase is None or pods[0].status.phase == phase) else None
+
+
+def _job_with_init(name: str) -> dict:
+    obj = job(name)
+    pod = obj["spec"]["template"]["spec"]
+    pod["initContainers"] = [{"name": "pull-data", "image": "tune:1", "command": ["python", "-m", "infra.pod"]},
+                             {"name": "tune", "image": "tune:1", "command": ["python", "-m", "tuning"]}]
+    pod["containers"] = pod["containers"] + [{"name": "sidecar", "image": "tune:1"}]
+    return obj
+
+
+def test_on_job_complete_str_is_the_termination_message_and_init_containers_are_reported(fakekube, kube_client):
+    fakekube.add_node("gpu-0", labels={"apps": "phi-3"}, taints=[GPU_TAINT])
+    pinned = "registry.example/adapter@sha256:" + "ab" * 32
+    fakekube.controllers.on_job_complete = lambda job_obj: pinned
+    client.BatchV1Api(kube_client).create_namespaced_job(NS, _job_with_init("tune-msg"))
+    core = client.CoreV1Api(kube_client)
+    running = wait_for(lambda: (p := _job_pod(core, "tune-msg")) and p.status.init_container_statuses and p)
+    assert [(s.name, s.state.terminated.exit_code) for s in running.status.init_container_statuses] == \
+        [("pull-data", 0), ("tune", 0)]
+    done = wait_for(lambda: _job_pod(core, "tune-msg", "Succeeded"))
+    assert {s.name: s.state.terminated.message for s in done.status.container_statuses} == \
+        {"main": pinned, "sidecar": pinned}
+    assert [s.state.terminated.message for s in done.status.init_container_statuses] == [None, None]
+
+
+def test_on_job_complete_without_a_str_leaves_no_termination_message(fakekube, kube_client):
+    fakekube.add_node("gpu-0", labels={"apps": "phi-3"}, taints=[GPU_TAINT])
+    fakekube.controllers.on_job_complete = lambda job_obj: None
+    client.BatchV1Api(kube_client).create_namespaced_job(NS, job("tune-quiet"))
+    core = client.CoreV1Api(kube_client)
+    done = wait_for(lambda: _job_pod(core, "tune-quiet", "Succeeded"))
+    (main,) = done.status.container_statuses
+    assert main.state.terminated.exit_code == 0 and main.state.terminated.message is None
+
+
+def test_failed_init_container_is_named_and_what_follows_never_starts(fakekube, kube_client):
+    fakekube.add_node("gpu-0", labels={"apps": "phi-3"}, taints=[GPU_TAINT])
+    fakekube.controllers.job_outcomes["tune-oom"] = ("failed", "BackoffLimitExceeded", "CUDA out of memory", "tune")
+    client.BatchV1Api(kube_client).create_namespaced_job(NS, _job_with_init("tune-oom"))
+    core = client.CoreV1Api(kube_client)
+    pod = wait_for(lambda: _job_pod(core, "tune-oom", "Failed"))
+    inits = {s.name: s.state for s in pod.status.init_container_statuses}
+    assert inits["pull-data"].terminated.exit_code == 0
+    assert (inits["tune"].terminated.exit_code, inits["tune"].terminated.message) == (1, "CUDA out of memory")
+    assert {s.name: s.state.waiting.reason for s in pod.status.container_statuses} == \
+        {"main": "PodInitializing", "sidecar": "PodInitializing"}
+    assert conditions(fakekube.get("v1", "Pod", pod.metadata.name, NS))["Initialized"]["status"] == "False"
+
+
 def test_statefulset_becomes_ready_and_rolls_on_template_change(fakekube, kube_client):
     fakekube.add_node("gpu-0", labels={"apps": "phi-3"}, gpu_count=2, taints=[GPU_TAINT])
     apps = client.AppsV1Api(kube_client)

@@ -3,6 +3,7 @@ the official schemas (strict) for Kubernetes 1.30-1.34, custom resources against
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,32 @@ import pytest
 import yaml
 
 from infra.kube import manifests
+from tests.support.fakekube import validation
 from workspace import loader, plan, settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in [*(REPO / "examples" / "seed").glob("*.yaml"), *(REPO / "examples" / "kaito").rglob("*.yaml")]
                   if "kind: Workspace" in p.read_text())
 VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34")
+CRDS = [d for p in sorted((REPO / "deployments" / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+        if d and d.get("kind") == "CustomResourceDefinition"]
+
+
+def _crd_schema(api_version: str, kind: str) -> dict:
+    """The openAPIV3Schema of the served CRD version for ``api_version``/``kind`` (deployments/crds)."""
+    group, _, version = api_version.rpartition("/")
+    for crd in CRDS:
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+            for v in crd["spec"]["versions"]:
+                if v["name"] == version and v.get("served"):
+                    return v["schema"]["openAPIV3Schema"]
+    raise AssertionError(f"no CRD in deployments/crds serves {kind} {api_version}")
+
+
+def _validate_cr(obj: dict) -> None:
+    """As the API server does for a custom resource: structural defaults, then the schema, strict."""
+    schema = _crd_schema(obj["apiVersion"], obj["kind"])
+    validation.validate_custom(validation.apply_defaults(copy.deepcopy(obj), schema), schema)
 
 
 def _objects(path: Path) -> list[dict]:
@@ -46,6 +67,46 @@ def test_dry_run_cli_prints_multi_doc_yaml_without_a_cluster(tmp_path: Path):
     assert docs == _objects(seed)
 
 
+def test_dry_run_custom_resources_validate_against_the_crds_strictly(tmp_path: Path):
+    """Every Workspace and NodeClaim `kaiflow apply --dry-run -o yaml` prints for all seed/Kaito
+    examples (one CLI run, every file) validates against deployments/crds, unknown fields rejected."""
+    env = {"PATH": "/usr/bin:/bin", "KAIFLOW_HOME": str(tmp_path), "KAIFLOW_KUBECONFIG": str(tmp_path / "nope")}
+    argv = [sys.executable, "-m", "flows.cli", "apply", "--dry-run", "-o", "yaml"]
+    for path in EXAMPLES:
+        argv += ["-f", str(path)]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    custom = [d for d in docs if d["kind"] in ("Workspace", "NodeClaim")]
+    assert len([d for d in custom if d["kind"] == "Workspace"]) == len(EXAMPLES)
+    assert {d["apiVersion"] for d in custom if d["kind"] == "Workspace"} == {"kaito.sh/v1alpha1", "kaito.sh/v1beta1"}
+    assert [d for d in custom if d["kind"] == "NodeClaim"], "examples with an instanceType make NodeClaims"
+    failures = []
+    for obj in custom:
+        try:
+            _validate_cr(obj)
+        except validation.Invalid as err:
+            failures.append(f"{obj['kind']} {obj['metadata']['name']}: {err}")
+    assert failures == []
+
+
+@pytest.mark.parametrize("kind, path, bad", [
+    ("Workspace", ("resource",), {"instanceTypo": "Standard_NC6s_v3"}),
+    ("Workspace", ("inference",), {"preset": {"name": "phi-3-mini-4k-instruct", "extra": 1}}),
+    ("NodeClaim", ("spec",), {"taint": []}),
+])
+def test_crd_validation_is_strict(kind: str, path: tuple, bad: dict):
+    """The check above is not vacuous: an unknown field anywhere in a printed CR is rejected."""
+    obj = next(o for o in _objects(REPO / "examples" / "seed" / "workspace-phi-3-mini.yaml") if o["kind"] == kind)
+    _validate_cr(obj)
+    target = obj
+    for key in path:
+        target = target[key]
+    target.update(bad)
+    with pytest.raises(validation.Invalid, match="field not declared in schema"):
+        _validate_cr(obj)
+
+
 def test_nodeclaim_is_kaitos_shape():
     ws = loader.load_files([REPO / "examples" / "seed" / "workspace-phi-3-mini.yaml"]).workspaces[0]
     (claim,) = manifests.nodeclaims(ws, plan.plan_workspace(ws, "kubernetes"), "default")
@@ -69,3 +130,18 @@ def test_custom_config_is_mounted_and_no_generated_config():
     assert not any(n.endswith("-inference-params") and n != "ds-inference-params" for _, n in kinds)
     sts = next(o for o in objs if o["kind"] == "StatefulSet")
     assert sts["spec"]["template"]["spec"]["volumes"][0] == {"name": "config", "configMap": {"name": "ds-inference-params"}}
+
+
+@pytest.mark.parametrize("message, expected", [
+    ('{"reference": "reg.example/a@sha256:' + "0" * 64 + '", "digest": "sha256:' + "0" * 64 + '"}',
+     "reg.example/a@sha256:" + "0" * 64),
+    ("pushing...\nreg.example/a@sha256:" + "f" * 64 + "\n", "reg.example/a@sha256:" + "f" * 64),
+    ('{"volume": "/mnt/out", "files": []}', ""),
+    ("reg.example/a@sha256:1234", ""),
+    ("Reached expected number of succeeded pods", ""),
+    ("", ""),
+])
+def test_termination_reference_accepts_only_a_pinned_image(message: str, expected: str):
+    from infra.kube import platform
+
+    assert platform.termination_reference(message) == expected

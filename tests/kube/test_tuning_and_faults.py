@@ -3,13 +3,15 @@ Job failure, and API faults: 409 conflicts, 500s and timeouts are retried."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
 from flows.workspace_flow import workspace_flow
-from infra import local_state, registry
+from infra import local_state, pod as pod_main, registry
 from tests.support.fileserver import FileServer, write_jsonl
 from tests.support.registry import LocalRegistry
 from workspace import loader, status
@@ -56,7 +58,9 @@ def _run(path: Path):
     return workspace_flow(workspace=b.workspaces[0], config_maps=b.config_maps, platform="kubernetes")
 
 
-def test_seed_tuning_runs_a_job_and_reuses_it_on_reapply(kube_env, prefect_api, monkeypatch, tmp_path, local_services):
+def test_seed_tuning_runs_a_job_and_reuses_it_on_reapply(kube_env, prefect_api, monkeypatch, tmp_path, local_services,
+                                                          caplog):
+    caplog.set_level(logging.INFO, logger="infra.kube.platform")
     kube = kube_env
     srv, reg = local_services
     monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
@@ -69,6 +73,7 @@ def test_seed_tuning_runs_a_job_and_reuses_it_on_reapply(kube_env, prefect_api, 
 
     result = _run(path)
     assert len(pushed) == 1 and result["image"]["reference"] == pushed[0]
+    assert "no termination message from the push-adapter container; resolved the tag" in caplog.text
     (job,) = kube.list("batch/v1", "Job", "default", labels={"kaito.sh/workspace": "workspace-phi-3-mini"})
     assert job["metadata"]["labels"]["kaiflow.io/cache-key"] == result["tuning"]["cache_key"][:63]
     spec = job["spec"]
@@ -103,12 +108,59 @@ def test_job_failure_sets_job_started_false_with_the_message(kube_env, prefect_a
     srv, reg = local_services
     monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
     kube.add_node("gpu-0", labels={"app": "phi-3-adapter"})
-    kube.controllers.job_outcome = ("failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    kube.controllers.job_outcome = ("failed", "BackoffLimitExceeded", "torch.OutOfMemoryError: CUDA out of memory",
+                                    "tune")  # the tune init container fails
     with pytest.raises(KaiflowError, match="tuning Job default/workspace-phi-3-mini-tune-.* failed: BackoffLimitExceeded"):
         _run(_tuning_seed_copy(tmp_path, srv, reg))
     cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.JOB_STARTED)
     assert cond["status"] == "False" and cond["reason"] == "TuningFailed"
     assert "BackoffLimitExceeded" in cond["message"] and "kaiflow logs workspace-phi-3-mini --tuning" in cond["message"]
+    assert "container tune Error (exit 1): torch.OutOfMemoryError: CUDA out of memory" in cond["message"]
+
+
+def test_pushed_digest_comes_from_the_push_containers_termination_message(
+        kube_env, prefect_api, monkeypatch, tmp_path, local_services, caplog):
+    """The Job's own push-adapter command runs (``infra.pod``, its --dir mapped to a local folder)
+    and writes the termination log; the tag is then moved to another push, so the registry
+    fallback would give a different digest than the one the Job pushed."""
+    caplog.set_level(logging.INFO, logger="infra.kube.platform")
+    kube = kube_env
+    srv, reg = local_services
+    monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
+    kube.add_node("gpu-0", labels={"app": "phi-3-adapter"}, taints=[{"key": "sku", "value": "gpu", "effect": "NoSchedule"}])
+    image = f"{reg.host}/image-name-here:0.0.1"
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("KAIFLOW_TERMINATION_LOG", str(termination_log))
+    later = tmp_path / "later-adapter"
+    later.mkdir()
+    (later / "adapter_config.json").write_text('{"r": 16, "peft_type": "LORA"}')
+    (later / "adapter_model.safetensors").write_bytes(b"\1" * 64)
+    moved: list[str] = []
+
+    def push_container_runs(job: dict) -> str:
+        (push,) = job["spec"]["template"]["spec"]["containers"]
+        args = list(push["command"][3:])
+        args[args.index("--dir") + 1] = str(_adapter(tmp_path))
+        assert pod_main.main(args) == 0
+        moved.append(registry.push_adapter(later, image, model_name="phi-3-mini-4k-instruct"))
+        return termination_log.read_text()
+
+    kube.controllers.on_job_complete = push_container_runs
+    result = _run(_tuning_seed_copy(tmp_path, srv, reg))
+
+    from_message = json.loads(termination_log.read_text())["reference"]
+    assert from_message.startswith(f"{reg.host}/image-name-here@sha256:") and moved and moved[0] != from_message
+    assert result["image"]["reference"] == from_message
+    assert result["image"]["digest"] == from_message.rsplit("@", 1)[1]
+    assert local_state.load("workspace-phi-3-mini")["adapter_image"] == from_message
+    assert "read from the termination message of pod workspace-phi-3-mini-tune-" in caplog.text
+    assert "resolved the tag" not in caplog.text
+    (pod,) = kube.list("v1", "Pod", "default", labels={"kaito.sh/workspace": "workspace-phi-3-mini"})
+    assert [c["name"] for c in pod["status"]["initContainerStatuses"]] == ["pull-data", "tune"]
+    (push_status,) = pod["status"]["containerStatuses"]
+    assert push_status["name"] == "push-adapter" and push_status["state"]["terminated"]["exitCode"] == 0
+    result_cm = kube.get("v1", "ConfigMap", "workspace-phi-3-mini-tuning-result", "default")
+    assert result_cm["data"]["reference"] == from_message
 
 
 def test_conflicts_500s_and_timeouts_are_retried(kube_env, prefect_api, monkeypatch):

@@ -8,10 +8,15 @@ and the kubelet would do, in small fast steps (one step per object every ``inter
   with that reason, no Node. The Node is owned by the NodeClaim, so deleting the NodeClaim
   removes it (Karpenter does that with a finalizer).
 - Job: one Pod (``<job>-<suffix>``, labels job-name / batch.kubernetes.io/job-name, controller
-  ownerReference); once the pod runs, ``job_outcomes[name]`` or ``job_outcome`` decides:
-  succeeded → ``on_job_complete(job)`` is called (without the store lock), then the pod Succeeded
-  and the Job Complete; failed → pod Failed and Job Failed with the reason/message. No retries of
-  failed pods (backoffLimit is not simulated).
+  ownerReference); once the pod runs (its init containers reported Completed in
+  ``initContainerStatuses``), ``job_outcomes[name]`` or ``job_outcome`` decides:
+  succeeded → ``on_job_complete(job)`` is called (without the store lock); a ``str`` it returns
+  becomes ``state.terminated.message`` of the pod's main container(s) (what a container writes to
+  its ``terminationMessagePath``; nothing else is put there), then the pod Succeeded and the Job
+  Complete; ``("failed", reason, message[, container])`` → pod Failed and Job Failed with the
+  reason/message; the named container (init or main; default: the main ones) exits 1 with the
+  message as its termination message, init containers before it Completed, containers after it
+  never started (waiting PodInitializing). No retries of failed pods (backoffLimit is not simulated).
 - StatefulSet → pods ``<name>-<i>``; Deployment → pods ``<name>-<hash>-<suffix>`` (no ReplicaSet
   objects). A changed pod template replaces the pods; status carries replicas, readyReplicas,
   availableReplicas, updatedReplicas, currentRevision/updateRevision, observedGeneration.
@@ -124,7 +129,7 @@ class Controllers:
         self.nodeclaim_outcome: Any = "ready"
         self.job_outcome: Any = "succeeded"
         self.job_outcomes: dict[str, Any] = {}
-        self.on_job_complete: Callable[[dict[str, Any]], None] | None = None
+        self.on_job_complete: Callable[[dict[str, Any]], str | None] | None = None
         self.pod_failure: str | None = None
         self.interval_s = 0.1
         self.errors: list[str] = []          # exceptions raised inside the loop, for debugging tests
@@ -275,7 +280,8 @@ class Controllers:
                 continue
             outcome = self._job_outcome(job)
             if isinstance(outcome, (tuple, list)) and outcome and outcome[0] == "failed":
-                self._finish_job(job, pod, False, str(outcome[1]), str(outcome[2]))
+                self._finish_job(job, pod, False, str(outcome[1]), str(outcome[2]),
+                                 failed_container=str(outcome[3]) if len(outcome) > 3 else None)
             else:
                 ready_to_succeed.append(job)
         return ready_to_succeed
@@ -299,9 +305,10 @@ class Controllers:
 
     def _finish_job_succeeded(self, job: dict[str, Any]) -> None:
         callback = self.on_job_complete
+        returned: Any = None
         if callback is not None:
             try:
-                callback(copy.deepcopy(job))
+                returned = callback(copy.deepcopy(job))
             except Exception as err:  # noqa: BLE001 - the test's effect failed: the Job fails, saying why
                 LOG.exception("on_job_complete failed")
                 self.errors.append(repr(err))
@@ -310,14 +317,15 @@ class Controllers:
                                         "OnJobCompleteFailed", f"on_job_complete raised {err!r}")
         current = self.kube.get("batch/v1", "Job", job["metadata"]["name"], job["metadata"]["namespace"])
         if current is not None:
-            self._finish_job(current, None, True, "CompletionsReached", "Reached expected number of succeeded pods")
+            self._finish_job(current, None, True, "CompletionsReached", "Reached expected number of succeeded pods",
+                             container_message=returned if isinstance(returned, str) else None)
 
     def _finish_job(self, job: dict[str, Any], pod: dict[str, Any] | None, succeeded: bool, reason: str,
-                    message: str) -> None:
+                    message: str, container_message: str | None = None, failed_container: str | None = None) -> None:
         if pod is None:
             pod = next((p for p in self._list("v1", "Pod") if _owned_by(p, job)), None)
         if pod is not None:
-            self._terminate_pod(pod, succeeded, reason, message)
+            self._terminate_pod(pod, succeeded, message if not succeeded else container_message, failed_container)
         new = copy.deepcopy(job)
         status = dict(new.get("status") or {}, active=0)
         status.setdefault("startTime", store.now())
@@ -330,20 +338,35 @@ class Controllers:
                                                 _condition("Failed", "True", reason, message)])
         self._write("batch/v1", "Job", new | {"status": status})
 
-    def _terminate_pod(self, pod: dict[str, Any], succeeded: bool, reason: str, message: str) -> None:
+    def _terminate_pod(self, pod: dict[str, Any], succeeded: bool, message: str | None,
+                       failed_container: str | None = None) -> None:
+        """Pod Succeeded/Failed with a terminated state per container. ``message`` is the termination
+        message of the main containers (on failure: of ``failed_container`` when one is named)."""
         new = copy.deepcopy(pod)
-        exit_code = 0 if succeeded else 1
-        statuses = [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
-                     "restartCount": 0, "started": False,
-                     "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if succeeded else "Error",
-                                              "message": message, "startedAt": store.now(),
-                                              "finishedAt": store.now()}}}
-                    for c in (pod.get("spec") or {}).get("containers") or []]
+        spec = pod.get("spec") or {}
+        inits, mains = spec.get("initContainers") or [], spec.get("containers") or []
+        names = [c["name"] for c in inits + mains]
+        failed_at = names.index(failed_container) if failed_container in names else len(inits)
+        statuses = []
+        for i, c in enumerate(inits + mains):
+            if succeeded:
+                state = _terminated(0, None if i < len(inits) else message)
+            elif i == failed_at or (failed_container is None and i >= len(inits)):
+                state = _terminated(1, message)
+            elif i < failed_at or failed_at >= len(inits):  # init containers before it; other main ones
+                state = _terminated(0, None)
+            else:  # a failed init container: what follows it never starts
+                state = {"waiting": {"reason": "PodInitializing"}}
+            statuses.append({"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
+                             "restartCount": 0, "started": False, "state": state})
         new["status"] = dict(new.get("status") or {}, phase="Succeeded" if succeeded else "Failed",
-                             containerStatuses=statuses, conditions=[
-                                 _condition("PodScheduled", "True"), _condition("Initialized", "True"),
+                             containerStatuses=statuses[len(inits):], conditions=[
+                                 _condition("PodScheduled", "True"),
+                                 _condition("Initialized", "True" if failed_at >= len(inits) else "False"),
                                  _condition("ContainersReady", "False", "PodCompleted"),
                                  _condition("Ready", "False", "PodCompleted")])
+        if inits:
+            new["status"]["initContainerStatuses"] = statuses[:len(inits)]
         self._write("v1", "Pod", new)
 
     # ---- StatefulSets and Deployments ----
@@ -516,11 +539,24 @@ class Controllers:
                  "exitCode": 1, "reason": "Error", "startedAt": store.now(), "finishedAt": store.now()}}}
                  if restarts else {})
             for c, state in zip(containers, states)]
+        inits = (pod.get("spec") or {}).get("initContainers") or []
+        if inits and failure is None:  # the kubelet ran them to completion before the main containers
+            status["initContainerStatuses"] = [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True, "restartCount": 0,
+                 "started": False, "state": _terminated(0, None)} for c in inits]
         flag = "True" if ready else "False"
         reason = "" if ready else "ContainersNotReady"
         status["conditions"] = [_condition("PodScheduled", "True"), _condition("Initialized", "True"),
                                 _condition("ContainersReady", flag, reason), _condition("Ready", flag, reason)]
         self._write("v1", "Pod", new)
+
+
+def _terminated(exit_code: int, message: str | None) -> dict[str, Any]:
+    state: dict[str, Any] = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                             "startedAt": store.now(), "finishedAt": store.now()}
+    if message:
+        state["message"] = message
+    return {"terminated": state}
 
 
 def _same_condition(status: dict[str, Any], cond: dict[str, Any]) -> bool:
