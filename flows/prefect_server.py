@@ -78,12 +78,26 @@ def ensure(database_url: str | None = None) -> str:
             state.write_text(json.dumps({"pid": pid, "api": api, "database": redacted_database(database_url)}))
             os.environ["PREFECT_API_URL"] = api
             return api
-        if not local_process.alive(pid, MARKER):
+        if child_exited(pid):
             break
         time.sleep(0.5)
     local_process.stop(pid, MARKER)
     tail = (home / "server.log").read_text(errors="replace")[-1500:] if (home / "server.log").exists() else ""
     raise KaiflowError(f"could not start a local Prefect server (log: {home / 'server.log'}):\n{tail}")
+
+
+def child_exited(pid: int) -> bool:
+    """Whether a process this one started has exited (reaping it if so).
+
+    ``local_process.alive`` reads /proc/PID/cmdline, which is still empty while a just-spawned
+    child is inside exec: right after Popen it can read as "exited" for a process that runs.
+    For our own children ``waitpid`` is exact (ChildProcessError: already reaped, so exited).
+    """
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
 
 
 def stop() -> bool:

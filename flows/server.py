@@ -56,32 +56,34 @@ def start_worker(api: str, pool: str) -> dict:
     env.pop("KAIFLOW_DATABASE_URL", None)  # flow runs never need the server's database password
     prefect_bin = str(Path(sys.executable).parent / "prefect")
     cmd = [prefect_bin, "worker", "start", "--pool", pool, "--type", "process", "--name", f"kaiflow-{pool}"]
-    for attempt in (1, 2):  # a worker whose first API call fails exits at once; a loaded machine gets a second try
-        pid = local_process.start(cmd, log_path=home / "worker.log", pidfile=home / "worker.pid", env=env,
-                                  cwd=str(Path(__file__).resolve().parent.parent))
-        try:
-            _wait_worker_online(api, pool, pid, home / "worker.log")
-            break
-        except KaiflowError:
-            if attempt == 2:
-                raise
+    pid = local_process.start(cmd, log_path=home / "worker.log", pidfile=home / "worker.pid", env=env,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+    _wait_worker_online(api, pool, pid, home / "worker.log")
     info = {"pid": pid, "api": api, "pool": pool, "log": str(home / "worker.log")}
     _worker_file().write_text(json.dumps(info))
     return info
 
 
 def _wait_worker_online(api: str, pool: str, pid: int, log: Path, timeout: float = 60.0) -> None:
-    """A worker that polled the server once shows up in the pool's worker list."""
+    """A worker that polled the server once shows up in the pool's worker list.
+
+    Liveness is ``waitpid`` on our own child, not /proc/PID/cmdline: that is empty while the
+    worker is still inside exec, and reading it as "exited" used to start a second worker and
+    fail ``kaiflow server`` on a loaded machine. A slow answer (SQLite busy) is polled again.
+    """
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not local_process.alive(pid, WORKER_MARKER):
+        if prefect_server.child_exited(pid):
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
             raise KaiflowError(f"the Prefect worker exited at start (log: {log}):\n{tail}")
-        r = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, timeout=5)
-        if r.status_code == 200 and any(w.get("name") == f"kaiflow-{pool}" for w in r.json()):
-            return
+        try:
+            r = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, timeout=5)
+            if r.status_code == 200 and any(w.get("name") == f"kaiflow-{pool}" for w in r.json()):
+                return
+        except httpx.HTTPError:
+            pass
         time.sleep(0.5)
     local_process.stop(pid, WORKER_MARKER)
     raise KaiflowError(f"the Prefect worker did not reach {api} within {timeout:.0f} s (log: {log})")

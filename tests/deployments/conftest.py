@@ -3,7 +3,8 @@
 ``stack`` runs the real ``kaiflow server`` command, which finds the session server (tests/conftest.py
 ``prefect_api``), registers the deployments and starts a real process worker; flow runs are child
 processes of that worker, with the transformers engine and a 1 s poll so runs start quickly.
-The worker is stopped at the end; the server belongs to the session fixture.
+One stack per session (test_server.py and test_ui.py share it); the worker is stopped at the
+end, the server belongs to the session fixture.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ def run_deployment(api: str, full_name: str, parameters: dict) -> httpx.Response
     return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(prefect_api, tiny_model):
     env = {**os.environ, "KAIFLOW_ENGINE": "transformers", "KAIFLOW_WORKER_POLL_S": "1", "PREFECT_API_URL": prefect_api}
-    out = subprocess.run([KAIFLOW, "server"], env=env, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    yield {"api": prefect_api, "env": env, "out": out.stdout}
-    # delete what the runs started (their inference servers), then the worker
     from flows import server, teardown
     from infra import local_state
 
-    for name in local_state.names():
-        teardown.delete_workspace(name)
-    server.stop_worker()
+    try:
+        out = subprocess.run([KAIFLOW, "server"], env=env, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield {"api": prefect_api, "env": env, "out": out.stdout}
+    finally:  # delete what the runs started (their inference servers), then the worker — also when start failed
+        for name in local_state.names():
+            teardown.delete_workspace(name)
+        server.stop_worker()
