@@ -67,7 +67,7 @@ def workspace_flow(
     try:
         result["provision"] = provision_task.provision(workspace, platform)
         if workspace.tuning:
-            data = dataset_task.pull_dataset(workspace)
+            data = dataset_task.pull_dataset(workspace, platform)
             with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"tuning of {name}"):
                 tuned = tune_task.tune(workspace, data, config_maps, platform)
             result["tuning"] = {**tuned, "dataset_digest": data["digest"]}
