@@ -106,8 +106,11 @@ def _require(name: str) -> dict:
 def cmd_get(args) -> int:
     from flows.cli import _table
 
-    rows, records = [], [local_state.load(n) for n in local_state.names()]
+    rows, records = [], [_with_cluster(local_state.load(n)) for n in local_state.names()]
     for r in records:
+        if "error" in r.get("cluster", {}):
+            print(f"note: {r['name']}: cluster not reachable, showing the local record: {r['cluster']['error']}",
+                  file=sys.stderr)
         c = r.get("conditions", [])
         rows.append([r["name"], r.get("instance") or "-", status.condition_value(c, status.RESOURCE_READY),
                      status.condition_value(c, status.INFERENCE_READY), status.condition_value(c, status.WORKSPACE_READY),
@@ -121,15 +124,31 @@ def cmd_get(args) -> int:
     return 0
 
 
+def _with_cluster(record: dict) -> dict:
+    """Kubernetes/aks workspaces: instance, conditions and age as their Workspace CR has them."""
+    if record.get("platform", "local") == "local":
+        return record
+    from infra.kube import platform as kube_platform
+
+    return kube_platform.cluster_record(record)
+
+
 def cmd_describe(args) -> int:
-    r = _require(args.name)
+    r = _with_cluster(_require(args.name))
     server = r.get("server") or {}
     print(f"Name:          {r['name']}")
     print(f"Platform:      {r.get('platform', 'local')}")
+    if "cluster" in r:
+        c = r["cluster"]
+        print("Cluster:       " + (f"not reachable ({c['error']}); showing the local record" if "error" in c else
+                                   f"Workspace {c['namespace']}/{r['name']}" + ("" if c["found"] else
+                                   " not found (deleted outside kaiflow?); showing the local record")))
+        if c.get("worker_nodes"):
+            print(f"Worker nodes:  {', '.join(c['worker_nodes'])}")
     print(f"Instance:      {r.get('instance', '-')}")
     print(f"Created:       {r.get('created')}")
     print(f"Endpoint:      {r.get('endpoint') or '-'}"
-          + ("" if not server else (" (running)" if local_process.alive(server.get("pid"), "-m serving") else " (not running)")))
+          + ("" if not server.get("pid") else (" (running)" if local_process.alive(server.get("pid"), "-m serving") else " (not running)")))
     if r.get("adapter_image"):
         print(f"Tuned image:   {r['adapter_image']}")
     for a in server.get("adapters", []):

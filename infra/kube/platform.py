@@ -559,6 +559,32 @@ def _from_record(record: dict) -> spec.Workspace:
     return spec.Workspace.model_validate(record["spec"])
 
 
+def cluster_record(record: dict) -> dict:
+    """``record`` (a kubernetes/aks workspace's local record) as its Workspace CR has it now, for
+    ``kaiflow get``/``describe``: ``instance``, ``conditions`` and ``created`` from the CR (the
+    columns of ``kubectl get workspace``), plus ``cluster``: ``{"namespace", "found", "worker_nodes"}``
+    or ``{"error"}``. A CR that is gone, or an API that cannot be reached, leaves the local record's
+    values in place (``get`` still lists the workspace, saying why)."""
+    out = dict(record)
+    try:
+        ws = _from_record(record)
+        kube = connect()
+        ns = kube.namespace_for(ws)
+        cr = kapply.get(kube, ws.api_version, "Workspace", ws.name, ns)
+    except errors.KaiflowError as exc:
+        out["cluster"] = {"error": str(exc)}
+        return out
+    if cr is None:
+        out["cluster"] = {"namespace": ns, "found": False, "worker_nodes": []}
+        return out
+    st = cr.get("status") or {}
+    out.update(instance=(cr.get("resource") or {}).get("instanceType") or "-",
+               conditions=list(st.get("conditions") or []),
+               created=cr["metadata"].get("creationTimestamp") or record.get("created"),
+               cluster={"namespace": ns, "found": True, "worker_nodes": list(st.get("workerNodes") or [])})
+    return out
+
+
 def teardown_record(record: dict) -> dict[str, list[str]]:
     """``teardown`` for a workspace known from its local record (``kaiflow delete``)."""
     return teardown(_from_record(record), record.get("platform", "kubernetes"))
