@@ -39,7 +39,9 @@ What it models:
 - metadata: uid, creationTimestamp, a global resourceVersion counter, generation bumped on changes
   outside metadata/status.
 - Controllers (a background thread, see ``controllers.py``): NodeClaim → Node with GPU capacity
-  (or a Launched=False failure), Job → Pod → Succeeded/Failed, StatefulSet/Deployment → ready pods,
+  (or a Launched=False failure), Job → Pod → Succeeded/Failed (``initContainerStatuses``; the str
+  ``on_job_complete`` returns as the main containers' termination message; a named failing
+  container), StatefulSet/Deployment → ready pods,
   a scheduler that only checks nodeSelector / required node affinity, taints/tolerations and
   ``nvidia.com/gpu`` allocatable, and pod failures on demand (ImagePullBackOff, Unschedulable,
   CrashLoopBackOff).
