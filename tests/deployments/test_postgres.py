@@ -10,6 +10,7 @@ PostgreSQL binaries fail the test (``make system-deps`` installs them); nothing 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -31,7 +32,8 @@ PASSWORD = "pg-Secret-4711"
 
 
 def _bin_dir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),  # the newest Debian version (15 > 9.6)
+                   key=lambda p: [int(x) for x in re.findall(r"\d+", Path(p).parts[-3])])
     if not found:
         pytest.fail("PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin/initdb): "
                     "run `make system-deps` (Debian package postgresql)")
@@ -39,7 +41,9 @@ def _bin_dir() -> Path:
 
 
 def _as_postgres(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    out = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True, timeout=timeout)
+    """initdb/pg_ctl refuse root: as root run them as the ``postgres`` user, else as ourselves."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    out = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout}{out.stderr}"
     return out
 
@@ -51,12 +55,13 @@ def postgres():
     base = Path(tempfile.mkdtemp(prefix="kaiflow-pg-"))  # under /tmp: the postgres user must reach it
     data, port = base / "data", local_process.free_port()
     (base / "pw").write_text(PASSWORD)
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(base / "pw", "postgres", "postgres")
-    _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", "kaiflow", f"--pwfile={base / 'pw'}",
-                 "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--no-sync")
-    (base / "pw").unlink()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+        shutil.chown(base / "pw", "postgres", "postgres")
     try:
+        _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", "kaiflow", f"--pwfile={base / 'pw'}",
+                     "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--no-sync")
+        (base / "pw").unlink()
         _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-w", "-t", "60",
                      "-o", f"-k {base} -h 127.0.0.1 -p {port}", "start")
         env = {**os.environ, "PGPASSWORD": PASSWORD}
@@ -65,8 +70,8 @@ def postgres():
         assert out.returncode == 0, out.stderr
         yield {"port": port, "bin": bin_dir, "url": f"postgresql+asyncpg://kaiflow:{PASSWORD}@127.0.0.1:{port}/prefect"}
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "-w", "stop"], capture_output=True, timeout=60)
+        with contextlib.suppress(AssertionError):  # not started: nothing to stop
+            _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
         shutil.rmtree(base, ignore_errors=True)
 
 
