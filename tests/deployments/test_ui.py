@@ -44,7 +44,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, tmp_path):
+def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(60_000)  # a loaded 2-core machine renders the big form slowly
