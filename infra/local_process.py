@@ -33,7 +33,21 @@ def start(cmd: list[str], *, log_path: Path, pidfile: Path, env: dict[str, str] 
             start_new_session=True, env=env, cwd=cwd,
         )
     pidfile.write_text(json.dumps({"pid": proc.pid, "cmd": cmd}))
+    _wait_exec(proc)
     return proc.pid
+
+
+def _wait_exec(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Return once the child runs its own program. Between fork and the end of exec its
+    ``/proc/PID/cmdline`` is the parent's or empty, and :func:`alive` would call it dead (seen under
+    load: a worker started twice, a healthy server reported as exited)."""
+    parent = _cmdline(os.getpid())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        line = _cmdline(proc.pid)
+        if line and line != parent:
+            return
+        time.sleep(0.005)
 
 
 def _cmdline(pid: int) -> str:
