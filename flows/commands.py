@@ -167,12 +167,9 @@ def cmd_delete(args) -> int:
     from flows import teardown
 
     record = _require(args.name)
-    if record.get("platform", "local") != "local":  # delete the cluster objects (NodeClaims included) first
-        from infra.kube import platform as kube_platform
-
-        gone = kube_platform.teardown_record(record)
-        print(f"deleted on {record['platform']}: " + ", ".join(f"{k} {' '.join(v)}" for k, v in gone.items() if v))
-    r = teardown.delete_workspace(args.name)
+    r = teardown.delete_workspace(args.name)  # on a cluster: its objects (NodeClaims, AKS pool) first
+    if record.get("platform", "local") != "local":
+        print(f"deleted on {record['platform']}: " + ", ".join(f"{k} {' '.join(v)}" for k, v in r["cluster"].items() if v))
     print(f"workspace {args.name} deleted" + (f" (server pid {r['server_pid']} stopped)" if r["server_stopped"] else ""))
     return 0
 

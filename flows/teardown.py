@@ -5,8 +5,10 @@ The CLI's ``delete`` and the ``teardown`` deployment (UI, schedules, automations
 is already gone is a no-op that says so), because deployments get re-run; the CLI instead tells
 the user a name they typed does not exist.
 
-Only the local platform is built: on ``kubernetes``/``aks`` the flow fails with a message saying
-so rather than pretending to have deleted cluster objects.
+On ``kubernetes``/``aks`` it first deletes what the workspace created on the cluster (StatefulSet,
+Services, Jobs, ConfigMaps, NodeClaims, the Workspace resource; the AKS agent pool) through
+``infra.kube.platform``; the local record is removed only after that succeeded, so a failed
+teardown can be run again.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from infra import local_process, local_state
-from workspace import settings
-from workspace.errors import KaiflowError
 
 SERVING_MARKER = "-m serving"
 
@@ -23,31 +23,36 @@ SERVING_MARKER = "-m serving"
 def delete_workspace(name: str) -> dict:
     """Stop the workspace's local inference server (if it runs) and remove its record.
 
-    Returns ``{"name", "deleted", "server_pid", "server_stopped"}``; ``deleted`` is False when
-    no workspace of that name was known.
+    Returns ``{"name", "deleted", "server_pid", "server_stopped", "cluster"}``; ``deleted`` is False
+    when no workspace of that name was known; ``cluster`` lists what was deleted on a cluster by kind.
     """
     record = local_state.load(name)
     if record is None:
-        return {"name": name, "deleted": False, "server_pid": None, "server_stopped": False}
+        return {"name": name, "deleted": False, "server_pid": None, "server_stopped": False, "cluster": {}}
+    cluster: dict[str, list[str]] = {}
+    if record.get("platform", "local") != "local":  # cluster objects (NodeClaims, the AKS pool) first
+        from infra.kube import platform as kube_platform
+
+        cluster = kube_platform.teardown_record(record)
     server = record.get("server") or {}
-    stopped = local_process.stop(server.get("pid"), SERVING_MARKER)
+    stopped = local_process.stop(server.get("pid"), SERVING_MARKER) if record.get("platform", "local") == "local" else False
     local_state.remove(name)
-    return {"name": name, "deleted": True, "server_pid": server.get("pid"), "server_stopped": stopped}
+    return {"name": name, "deleted": True, "server_pid": server.get("pid"), "server_stopped": stopped, "cluster": cluster}
 
 
 @flow(name="teardown", flow_run_name="teardown-{name}", log_prints=True, persist_result=False)
 def teardown_flow(name: str, platform: str | None = None) -> dict:
-    """Delete a workspace: stop its inference server and forget its state.
+    """Delete a workspace: what it runs (a local server, or its cluster objects and nodes) and its state.
 
     Args:
         name: The workspace's metadata.name.
-        platform: local, kubernetes or aks (default: KAIFLOW_PLATFORM).
+        platform: Unused (kept for deployments made before): the workspace's record knows where it ran.
     """
-    platform = platform or settings.load().platform
-    if platform != "local":
-        raise KaiflowError(f"teardown on platform '{platform}' is not built yet; only 'local' is (set KAIFLOW_PLATFORM=local)")
     result = delete_workspace(name)
     log = get_run_logger()
+    for kind, names in result["cluster"].items():
+        if names:
+            log.info("deleted %s: %s", kind, ", ".join(names))
     if not result["deleted"]:
         log.info("workspace %s not found: nothing to delete", name)
     else:

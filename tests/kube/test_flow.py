@@ -128,3 +128,18 @@ def test_delete_removes_everything(kube_env, prefect_api, monkeypatch):
     for av, kind in (("apps/v1", "StatefulSet"), ("v1", "Service"), ("v1", "ConfigMap"), ("v1", "Pod")):
         assert kube.list(av, kind, "default", labels=sel) == []
     assert kube.get("kaito.sh/v1alpha1", "Workspace", ws.name, "default") is None
+
+
+def test_teardown_flow_deletes_the_cluster_objects_then_the_record(kube_env, prefect_api, monkeypatch):
+    """The `teardown` deployment's flow does on a cluster what `kaiflow delete` does."""
+    from flows.teardown import teardown_flow
+
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3"})
+    _, ws = _run(SEED / "workspace-phi-3-mini.yaml")
+    result = teardown_flow(name=ws.name)
+    assert result["deleted"] is True and result["cluster"]["StatefulSet"] == [ws.name]
+    assert kube.list("apps/v1", "StatefulSet", "default", labels={"kaito.sh/workspace": ws.name}) == []
+    assert kube.get("kaito.sh/v1alpha1", "Workspace", ws.name, "default") is None
+    assert local_state.load(ws.name) is None
+    assert teardown_flow(name=ws.name)["deleted"] is False  # idempotent: a second run is a no-op
