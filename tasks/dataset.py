@@ -24,22 +24,6 @@ from workspace import settings, spec
 from workspace.errors import DatasetError
 
 
-def _source(workspace: spec.Workspace) -> dict:
-    inp = workspace.tuning.input
-    if inp.urls:
-        return {"urls": list(inp.urls)}
-    if inp.image:
-        return {"image": inp.image}
-    vol = inp.volume_source.model_dump(by_alias=True) if inp.volume_source else {}
-    path = (vol.get("hostPath") or {}).get("path") or vol.get("path")
-    if not path:
-        raise DatasetError(
-            "tuning.input.volumeSource: on the local platform give hostPath.path (a folder on this machine); "
-            f"got {sorted(vol)}"
-        )
-    return {"volume": path}
-
-
 def spec_fingerprint(workspace: spec.Workspace) -> str:
     """A digest of the data's source spec (URLs, image reference, volume), for data the flow cannot read."""
     src = workspace.tuning.input.model_dump(by_alias=True, exclude_none=True)
@@ -64,13 +48,13 @@ def pull_dataset(workspace: spec.Workspace, platform: str = "local") -> dict:
         if inp.volume_source and not inp.volume_source.model_dump(by_alias=True).get("hostPath"):
             return _unseen(workspace, "tuning.input.volumeSource is mounted by the tuning pod")
         try:
-            fp = datasets.pull(_source(workspace), dest, retry=datasets.RetryPolicy(attempts=2))
+            fp = datasets.pull(workspace.tuning.input, dest, retry=datasets.RetryPolicy(attempts=2))
         except DatasetError as exc:
             if not exc.transient:  # 404, HTML, unknown format: the pod would fail the same way
                 raise
             return _unseen(workspace, f"unreachable from the flow: {exc.message}")
     else:
-        fp = datasets.pull(_source(workspace), dest)
+        fp = datasets.pull(workspace.tuning.input, dest)  # urls, image or a hostPath volume
     data = dataclasses.asdict(fp) if dataclasses.is_dataclass(fp) else dict(fp)
     digest = data["digest"]
     log.info("dataset %s: %d file(s), digest %s", dest, len(data.get("files", [])), digest[:19])
