@@ -41,6 +41,24 @@ def redacted_database(database_url: str | None) -> str:
     return str(httpx.URL(database_url.replace("+asyncpg", "")).copy_with(password=None)).replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
+_settings_override = None  # Prefect's settings context entered by _use (kept for the process's life)
+
+
+def _use(api: str) -> str:
+    """Point this process (and its children) at ``api``. Prefect reads its settings once, at
+    import: if it is already imported, its settings context is overridden too — else a client made
+    later would start a temporary server on the same SQLite file ("database is locked")."""
+    global _settings_override
+    os.environ["PREFECT_API_URL"] = api
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        if PREFECT_API_URL.value() != api:
+            _settings_override = temporary_settings(updates={PREFECT_API_URL: api})
+            _settings_override.__enter__()
+    return api
+
+
 def ensure(database_url: str | None = None) -> str:
     """Return the Prefect API URL in use, starting the local background server if needed.
 
@@ -57,8 +75,7 @@ def ensure(database_url: str | None = None) -> str:
             if info.get("database", "sqlite") != redacted_database(database_url):
                 raise KaiflowError(f"the local Prefect server at {info['api']} runs on {info.get('database', 'sqlite')}, "
                                    f"not {redacted_database(database_url)}: stop it first (kaiflow server --stop)")
-            os.environ["PREFECT_API_URL"] = info["api"]
-            return info["api"]
+            return _use(info["api"])
         local_process.stop(info.get("pid"), MARKER)
     home = state.parent
     home.mkdir(parents=True, exist_ok=True)
@@ -76,8 +93,7 @@ def ensure(database_url: str | None = None) -> str:
     while time.time() < deadline:
         if _healthy(api):
             state.write_text(json.dumps({"pid": pid, "api": api, "database": redacted_database(database_url)}))
-            os.environ["PREFECT_API_URL"] = api
-            return api
+            return _use(api)
         if child_exited(pid):
             break
         time.sleep(0.5)
