@@ -160,7 +160,9 @@ def _kubeconfig_path(settings: Any) -> Path | None:
     if settings.kubeconfig:
         return Path(settings.kubeconfig).expanduser()
     env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    candidate = Path(env).expanduser() if env else Path("~/.kube/config").expanduser()
+    if env:  # named explicitly: a missing file is an error, not a silent switch to in-cluster config
+        return Path(env).expanduser()
+    candidate = Path("~/.kube/config").expanduser()
     return candidate if candidate.is_file() else None
 
 
@@ -175,7 +177,8 @@ def connect(settings: Any) -> Kube:
     try:
         if path_ is not None:
             if not path_.is_file():
-                raise errors.KaiflowError(f"kubeconfig {path_} (KAIFLOW_KUBECONFIG) does not exist; point it at a kubeconfig file")
+                source = "KAIFLOW_KUBECONFIG" if settings.kubeconfig else "KUBECONFIG"
+                raise errors.KaiflowError(f"kubeconfig {path_} ({source}) does not exist; point {source} at a kubeconfig file")
             config.load_kube_config(config_file=str(path_), context=settings.kube_context, client_configuration=cfg)
             contexts, active = config.list_kube_config_contexts(config_file=str(path_))
             chosen = next((c for c in contexts if c["name"] == settings.kube_context), active) if settings.kube_context else active
