@@ -117,3 +117,37 @@ def test_quota_lands_in_resource_ready_and_is_not_retried(aks_env, arm):
     assert ready["status"] in (False, "False") and ready["reason"] == "QuotaExceeded"
     assert "az vm list-usage" in ready["message"]
     assert len(arm.pool_requests("PUT")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_seed_tuning_yaml_runs_unchanged_on_aks(aks_env, arm, prefect_api):
+    """The seed file as the user has it: its Hugging Face URL and placeholder registry are
+    unreachable here, so the flow fingerprints the data by its spec and the tuning pod (the fake's
+    Job controller) reports the image it pushed in its termination message, as ``infra.pod`` does."""
+    import hashlib
+    import json
+
+    from flows import workspace_flow
+    from infra import local_state
+
+    kube = aks_env
+    bundle = loader.load_file(SEED_TUNING)
+    ws = bundle.workspaces[0]
+    pushed: list[str] = []
+
+    def tuning_pod_reports(job: dict) -> str:
+        digest = "sha256:" + hashlib.sha256(job["metadata"]["uid"].encode()).hexdigest()
+        pushed.append(f"{ws.tuning.output.image.rsplit(':', 1)[0]}@{digest}")
+        return json.dumps({"reference": pushed[-1], "digest": digest})
+
+    kube.controllers.on_job_complete = tuning_pod_reports
+    result = workspace_flow.workspace_flow(ws, config_maps=bundle.config_maps, platform="aks")
+
+    (put,) = arm.pool_requests("PUT")
+    assert put.body["properties"]["vmSize"] == "Standard_NC6s_v3"
+    assert result["image"]["reference"] == pushed[0]
+    (job,) = kube.list("batch/v1", "Job", "default", labels={"kaito.sh/workspace": ws.name})
+    assert ws.tuning.input.urls[0] in " ".join(job["spec"]["template"]["spec"]["initContainers"][0]["command"])
+    rec = local_state.load(ws.name)
+    assert any(e["reason"] == "DatasetNotVerified" for e in rec["events"]) and rec["adapter_image"] == pushed[0]
