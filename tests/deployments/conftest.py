@@ -55,7 +55,7 @@ def run_deployment(api: str, full_name: str, parameters: dict) -> httpx.Response
 
 @pytest.fixture(scope="session")
 def stack(prefect_api, tiny_model):
-    env = {**os.environ, "KAIFLOW_ENGINE": "transformers", "KAIFLOW_WORKER_POLL_S": "1", "PREFECT_API_URL": prefect_api}
+    env = {**os.environ, "KAIFLOW_ENGINE": "transformers", "KAIFLOW_WORKER_POLL_S": "2", "PREFECT_API_URL": prefect_api}
     from flows import server, teardown
     from infra import local_state
 
