@@ -102,6 +102,15 @@ def ensure(database_url: str | None = None) -> str:
     raise KaiflowError(f"could not start a local Prefect server (log: {home / 'server.log'}):\n{tail}")
 
 
+def database() -> str | None:
+    """What the local background server runs on ("sqlite" or a password-free PostgreSQL URL), or
+    None when kaiflow did not start the server in use."""
+    state = _state_file()
+    if not state.exists():
+        return None
+    return json.loads(state.read_text()).get("database", "sqlite")
+
+
 def child_exited(pid: int) -> bool:
     """Whether a process this one started has exited (reaping it if so).
 

@@ -53,6 +53,8 @@ def start_worker(api: str, pool: str) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": str(s.worker_poll_s),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    if prefect_server.database() == "sqlite":  # it answers 500 "database is locked" under load: retry those
+        env.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     env.pop("KAIFLOW_DATABASE_URL", None)  # flow runs never need the server's database password
     prefect_bin = str(Path(sys.executable).parent / "prefect")
     cmd = [prefect_bin, "worker", "start", "--pool", pool, "--type", "process", "--name", f"kaiflow-{pool}"]

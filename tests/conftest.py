@@ -26,6 +26,9 @@ for key, value in {
     "VLLM_CACHE_ROOT": str(_SESSION_TMP / "vllm-cache"),
     "KAIFLOW_HOME": str(_SESSION_TMP / "kaiflow-home"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # the session's Prefect server runs on SQLite, which answers 500 "database is locked" now and then
+    # under a loaded 2-core machine; Prefect's client retries those like 502/503 (its own setting)
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
 }.items():
     os.environ[key] = value
 os.environ.pop("KAIFLOW_ALLOW_PRIVATE_URLS", None)
