@@ -151,3 +151,33 @@ def test_seed_tuning_yaml_runs_unchanged_on_aks(aks_env, arm, prefect_api):
     assert ws.tuning.input.urls[0] in " ".join(job["spec"]["template"]["spec"]["initContainers"][0]["command"])
     rec = local_state.load(ws.name)
     assert any(e["reason"] == "DatasetNotVerified" for e in rec["events"]) and rec["adapter_image"] == pushed[0]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_seed_inference_yaml_serves_on_the_pool_and_teardown_removes_it(aks_env, arm, prefect_api):
+    """The seed's first workspace (phi-3-mini inference on Standard_NC6s_v3), unchanged, on aks: the
+    pool's node runs the inference pod behind the Service; delete takes the pool away."""
+    from flows import teardown, workspace_flow
+
+    kube = aks_env
+    seed = SEED_TUNING.parent / "workspace-phi-3-mini.yaml"
+    bundle = loader.load_file(seed)
+    ws = bundle.workspaces[0]
+    result = workspace_flow.workspace_flow(ws, config_maps=bundle.config_maps, platform="aks")
+
+    name = aks.pool_name(ws, "default")
+    (put,) = arm.pool_requests("PUT")
+    props = put.body["properties"]
+    assert (props["vmSize"], props["count"]) == ("Standard_NC6s_v3", 1)
+    assert props["nodeLabels"]["apps"] == "phi-3"  # the seed's labelSelector lands on the nodes
+    nodes = fakearm.node_names(arm.pools[name])
+    (pod,) = kube.list("v1", "Pod", "default", labels={"kaito.sh/workspace": ws.name})
+    assert pod["spec"]["nodeName"] in nodes
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    svc = kube.get("v1", "Service", ws.name, "default")
+    assert any(p["port"] == 80 for p in svc["spec"]["ports"])
+    assert result["inference"]
+
+    gone = teardown.delete_workspace(ws.name)
+    assert gone["cluster"]["AgentPool"] == [name] and name not in arm.pools
