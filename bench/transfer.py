@@ -8,13 +8,12 @@ un-gzips and un-tars into a staging folder, moves files into place); the ratio s
 costs. Runs alternate kaiflow/baseline in the same process against the same registry; the median
 of each is reported. Target: ratio >= 0.9.
 
-Measured on the 2-core dev machine while four other engineers' test suites ran, 134 MB, median of 5:
-push 268 MB/s vs PUT 316 MB/s (ratio 0.85; 0.82 in another run); pull 778 MB/s vs GET 1067 MB/s
-(ratio 0.73) — before the pull's hot path (stored-block gzip parsed by hand, writev, hashing in a
-second thread) it was 0.27-0.37. The pull needs a second core for the hash to overlap: on a loaded
-2-core machine the ratio moves with the load. The push's remaining gap is the registry's answer to
-the final PUT after a chunked PATCH (~0.13 s for 134 MB), which a monolithic PUT with a digest known
-beforehand avoids; kaiflow learns the digest only while it streams.
+Measured on the 2-core dev machine, median of 5: 268 MB on a quiet machine, push 296 MB/s vs PUT
+352 MB/s (ratio 0.84), pull 862 MB/s vs GET 1196 MB/s (ratio 0.72); 134 MB while other suites ran:
+push 0.82-0.85, pull 0.73 (before the pull's hot path — stored-block gzip parsed by hand, writev,
+hashing in a second thread — it was 0.27-0.37). Target 0.9 not met here: a raw POST+PATCH+PUT
+costs what a monolithic PUT costs, and the push never waits for its layer builder; its two sha256
+passes (blob and diff_id) and the pull's hash thread take CPU the registry process needs on 2 cores.
 
     .venv/bin/python -m bench.transfer                 # 256 MB adapter, a local docker-registry
     .venv/bin/python -m bench.transfer --mb 64 --runs 3 --registry 127.0.0.1:5000
