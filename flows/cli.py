@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("-f", "--filename", action="append", help="workspace YAML whose kaiflow.io/retrain-schedule annotations to register")
     sv = sub.add_parser("server", help="start the Prefect server, register the deployments, start a worker; print the UI address")
     sv.add_argument("--stop", action="store_true", help="stop the worker and the server")
-    sv.add_argument("--database-url", help="postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB (default: $KAIFLOW_DATABASE_URL, else SQLite)")
+    sv.add_argument("--database-url", help="postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB (default: $KAIFLOW_DATABASE_URL, else "
+                    "SQLite); prefer the variable: command-line arguments are visible to other users in `ps`")
     sv.add_argument("--pool", help="process work pool name (default: $KAIFLOW_WORK_POOL or kaiflow-process)")
     sc = sub.add_parser("schedule", help="retrain a workspace on a cron schedule (a schedule on the retrain deployment)")
     sc.add_argument("name", help="workspace name")
