@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,16 +25,12 @@ from typing import Iterator
 
 import httpx
 
+from infra import local_process
+
 REPO = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32)
 PROMPTS = ["The capital of France is", "def main():", "Hello, how are you today?", "Numbers 0 1 2 3",
            "Kaiflow fine-tunes and serves", "Monday Tuesday Wednesday", "Please summarise the following"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -45,14 +40,7 @@ def server(name: str, argv: list[str], port: int, env: dict[str, str]) -> Iterat
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+        local_process.wait_healthy(f"{url}/health", pid=proc.pid, marker=" ".join(argv[:2]), timeout=600, log_path=log)
         print(f"{name}: up at {url} (log {log})", flush=True)
         yield url
     finally:
@@ -107,7 +95,7 @@ def main() -> None:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "VLLM_NO_USAGE_STATS": "1"}
     config = Path(tempfile.mkstemp(suffix=".yaml")[1])
     config.write_text("vllm:\n  dtype: float32\n  max-model-len: 1024\n")
-    k_port, v_port = free_port(), free_port()
+    k_port, v_port = local_process.free_port(), local_process.free_port()
     kaiflow_argv = ["-m", "serving", "--model", args.model, "--engine", "vllm", "--config", str(config),
                     "--port", str(k_port), "--served-model-name", "m", "--max-queue-depth", "1024"]
     vllm_argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--dtype", "float32",

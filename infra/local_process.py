@@ -105,10 +105,13 @@ def wait_healthy(url: str, *, pid: int | None = None, marker: str = "", timeout:
         except httpx.HTTPError:
             pass
         if pid and not alive(pid, marker):
-            tail = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"process exited before {url} was healthy; log tail:\n{tail}")
+            raise RuntimeError(f"process exited before {url} was healthy; log tail:\n{_tail(log_path)}")
         time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s; log tail:\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path | None) -> str:
+    return log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
 
 
 def python() -> str:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
+
+from infra import local_process
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -44,12 +43,6 @@ def adapter_dirs(tiny_model: Path, session_tmp: Path) -> dict[str, Path]:
     return {name: build_adapter(tiny_model, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3))}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class RunningServer:
     url: str
@@ -63,14 +56,14 @@ class RunningServer:
 @contextlib.contextmanager
 def running_server(args: list[str], *, timeout_s: float = 240, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
     """Start `python -m serving ARGS` and wait for /health 200; stop it (by PID) afterwards."""
-    port = free_port()
+    port = local_process.free_port()
     log = Path(tempfile.mkstemp(prefix="serving-", suffix=".log")[1])
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "serving", *args, "--port", str(port)], cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
     try:
-        _wait_healthy(server, timeout_s)
+        local_process.wait_healthy(f"{server.url}/health", pid=proc.pid, marker="-m serving", timeout=timeout_s, log_path=log)
         yield server
     finally:
         proc.terminate()
@@ -79,18 +72,6 @@ def running_server(args: list[str], *, timeout_s: float = 240, env: dict[str, st
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _wait_healthy(server: RunningServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"server not healthy after {timeout_s} s:\n{server.log_tail()}")
 
 
 def adapter_args(adapter_dirs: dict[str, Path]) -> list[str]:
