@@ -43,12 +43,6 @@ inference:
 """
 
 
-def write_data(path: Path, pairs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in pairs))
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
@@ -80,7 +74,7 @@ def ask(endpoint, q):
 
 
 def test_apply_reapply_change_delete(env, tmp_path):
-    write_data(env["files"].root / "qa.jsonl", PAIRS)
+    fileserver.write_qa_jsonl(env["files"].root / "qa.jsonl", PAIRS)
     ws = tmp_path / "ws.yaml"
     ws.write_text(WORKSPACE.format(name="e2e-tune-serve", url=env["files"].url_for("qa.jsonl")))
 
@@ -119,7 +113,7 @@ def test_apply_reapply_change_delete(env, tmp_path):
 
     # change the data: retrain, new digest, rolled into the same server (no restart)
     changed = [(q, "Venus." if a == "Mars." else a) for q, a in PAIRS]
-    write_data(env["files"].root / "qa.jsonl", changed)
+    fileserver.write_qa_jsonl(env["files"].root / "qa.jsonl", changed)
     r = kaiflow(env, "apply", "-f", str(ws))
     assert r.returncode == 0, r.stdout + r.stderr
     rec3 = record(env, "e2e-tune-serve")
@@ -134,7 +128,7 @@ def test_apply_reapply_change_delete(env, tmp_path):
     rec4 = record(env, "e2e-tune-serve")
     assert rec4["adapter_image"] == rec3["adapter_image"] and rec4["server"]["pid"] == pid
     assert ask(endpoint, "Which planet is red?") == "Venus."
-    write_data(env["files"].root / "qa.jsonl", changed)
+    fileserver.write_qa_jsonl(env["files"].root / "qa.jsonl", changed)
 
     d = kaiflow(env, "describe", "workspace", "e2e-tune-serve")
     assert rec3["adapter_image"] in d.stdout and "InferenceReady" in d.stdout
@@ -146,7 +140,7 @@ def test_apply_reapply_change_delete(env, tmp_path):
 
 
 def test_registry_outage_during_push_is_retried(env, tmp_path):
-    write_data(env["files"].root / "qa2.jsonl", PAIRS[:2])
+    fileserver.write_qa_jsonl(env["files"].root / "qa2.jsonl", PAIRS[:2])
     ws = tmp_path / "ws.yaml"
     ws.write_text(WORKSPACE.format(name="e2e-retry", url=env["files"].url_for("qa2.jsonl")))
     env["registry"].stop()

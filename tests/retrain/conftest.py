@@ -4,7 +4,6 @@ images in the on-disk OCI layout, and one torch thread for every program the flo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -71,12 +70,6 @@ def retrain_env(prefect_api, tiny_model, tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in rows))
 
 
 def load_workspace(name: str, url: str, *, inference: bool):

@@ -23,7 +23,8 @@ import pytest
 from flows import concurrency, retrain
 from flows.workspace_flow import workspace_flow
 from infra import local_process, local_state
-from tests.retrain.conftest import load_workspace, thread, write_rows
+from tests.retrain.conftest import load_workspace, thread
+from tests.support.fileserver import write_qa_jsonl as write_rows
 from tuning import config as tconfig
 from tuning import evaluate
 from workspace import settings

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from flows import concurrency, retrain
-from tests.retrain.conftest import write_rows
+from tests.support.fileserver import write_qa_jsonl as write_rows
 from tuning import data as tdata
 from tuning import evaluate
 from workspace.errors import SpecError

@@ -28,6 +28,7 @@ import dataclasses
 import email.utils
 import hashlib
 import http.server
+import json
 import os
 import socket
 import threading
@@ -265,4 +266,12 @@ def write_jsonl(path: Path, rows: int | None = None, *, size: int | None = None)
             out.write(line)
             written += len(line)
             i += 1
+    return path
+
+
+def write_qa_jsonl(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A chat-style jsonl dataset teaching each (question, answer) pair."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in pairs))
     return path
