@@ -126,9 +126,4 @@ def child_exited(pid: int) -> bool:
 
 
 def stop() -> bool:
-    state = _state_file()
-    if not state.exists():
-        return False
-    info = json.loads(state.read_text())
-    state.unlink()
-    return local_process.stop(info.get("pid"), MARKER)
+    return local_process.stop_recorded(_state_file(), MARKER)

@@ -92,12 +92,7 @@ def _wait_worker_online(api: str, pool: str, pid: int, log: Path, timeout: float
 
 
 def stop_worker() -> bool:
-    path = _worker_file()
-    if not path.exists():
-        return False
-    info = json.loads(path.read_text())
-    path.unlink()
-    return local_process.stop(info.get("pid"), WORKER_MARKER)
+    return local_process.stop_recorded(_worker_file(), WORKER_MARKER)
 
 
 def start(database_url: str | None = None, pool: str | None = None) -> dict:

@@ -95,6 +95,15 @@ def stop(pid: int | None, marker: str = "", timeout: float = 15.0) -> bool:
     return True
 
 
+def stop_recorded(state: Path, marker: str) -> bool:
+    """Stop the process a JSON state file (``{"pid": ...}``) records and remove the file; True if it ran."""
+    if not state.exists():
+        return False
+    info = json.loads(state.read_text())
+    state.unlink()
+    return stop(info.get("pid"), marker)
+
+
 def wait_healthy(url: str, *, pid: int | None = None, marker: str = "", timeout: float = 300.0, log_path: Path | None = None) -> None:
     """Poll ``url`` until it answers 200; raise RuntimeError (with the log's tail) if the process dies."""
     deadline = time.time() + timeout
