@@ -527,11 +527,15 @@ class _VerifyingReader(io.RawIOBase):
     def finish(self) -> None:
         """Read what the consumer left (tar padding) and check size and digest."""
         self.drain()
-        got, seen = "sha256:" + self._source.sha.hexdigest(), self._source.size
-        if got != self._digest or (self._size >= 0 and seen != self._size):
-            raise errors.RegistryError(
-                f"blob {self._digest} of {self._where} arrived corrupted (got {got}, {seen} bytes, "
-                f"expected {self._size}): nothing was written; pull again", transient=True)
+        _check_blob("sha256:" + self._source.sha.hexdigest(), self._source.size, self._digest, self._size, self._where)
+
+
+def _check_blob(got: str, seen: int, digest: str, size: int, where: str) -> None:
+    """A pulled blob must hash to its digest and (when the manifest says) have its size."""
+    if got != digest or (size >= 0 and seen != size):
+        raise errors.RegistryError(
+            f"blob {digest} of {where} arrived corrupted (got {got}, {seen} bytes, expected {size}): "
+            "nothing was written; pull again", transient=True)
 
 
 def _relative_member(name: str, subdir: str) -> Path | None:
@@ -732,10 +736,7 @@ def _fast_untar(chunks: Iterator[bytes], digest: str, size: int, staging: Path, 
         close = getattr(chunks, "close", None)
         if close:
             close()
-    if got != digest or (size >= 0 and seen != size):
-        raise errors.RegistryError(
-            f"blob {digest} of {where} arrived corrupted (got {got}, {seen} bytes, expected {size}): "
-            "nothing was written; pull again", transient=True)
+    _check_blob(got, seen, digest, size, where)
     if not writer.ended or (inflater is not None and not inflater.done):
         raise errors.RegistryError(f"a layer of {where} ends before its tar archive does: the image is damaged")
 
