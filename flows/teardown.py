@@ -30,12 +30,14 @@ def delete_workspace(name: str) -> dict:
     if record is None:
         return {"name": name, "deleted": False, "server_pid": None, "server_stopped": False, "cluster": {}}
     cluster: dict[str, list[str]] = {}
-    if record.get("platform", "local") != "local":  # cluster objects (NodeClaims, the AKS pool) first
+    stopped = False
+    server = record.get("server") or {}
+    if record.get("platform", "local") == "local":
+        stopped = local_process.stop(server.get("pid"), SERVING_MARKER)
+    else:  # cluster objects (NodeClaims, the AKS pool) go before the record does
         from infra.kube import platform as kube_platform
 
         cluster = kube_platform.teardown_record(record)
-    server = record.get("server") or {}
-    stopped = local_process.stop(server.get("pid"), SERVING_MARKER) if record.get("platform", "local") == "local" else False
     local_state.remove(name)
     return {"name": name, "deleted": True, "server_pid": server.get("pid"), "server_stopped": stopped, "cluster": cluster}
 
