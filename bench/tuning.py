@@ -59,13 +59,16 @@ def write_dataset(folder: Path, rows: list[dict]) -> Path:
     return folder
 
 
+HARDWARE = ["cpu"]  # set from --hardware
+
+
 def program_run(data: Path, out: Path, method: str) -> tuple[float, int, float, dict]:
     """The tuning program in-process; returns (tokens/s, tokens, train seconds, resolved config)."""
     from tuning import config as tconfig
     from tuning import train
 
     raw = {"TrainingArguments": {"num_train_epochs": 1, "logging_steps": 1000, "save_strategy": "no"}}
-    resolved = tconfig.resolve(raw, model="tiny-phi-3", method=method, hardware="cpu")
+    resolved = tconfig.resolve(raw, model="tiny-phi-3", method=method, hardware=HARDWARE[0])
     spec = train.RunSpec(resolved=resolved, data_dir=data, model="tiny-phi-3", output=out)
     metrics = train.run(spec)
     return metrics["tokens_per_second"], metrics["train_tokens"], metrics["train_seconds"], resolved
@@ -85,10 +88,12 @@ def baseline_run(data: Path, out: Path, resolved: dict) -> tuple[float, int, flo
     args_in = resolved["TrainingArguments"]
     quant = dict(resolved["QuantizationConfig"])
     if "bnb_4bit_compute_dtype" in quant:
-        quant["bnb_4bit_compute_dtype"] = torch.float32
+        quant["bnb_4bit_compute_dtype"] = getattr(torch, quant["bnb_4bit_compute_dtype"])
     bnb = BitsAndBytesConfig(**quant) if quant else None
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, quantization_config=bnb, device_map="cpu")
+    model_config = resolved["ModelConfig"]  # the same dtype and placement the program chose for this hardware
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, model_config["torch_dtype"]),
+                                                 quantization_config=bnb, device_map=model_config["device_map"])
     if bnb is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args_in["gradient_checkpointing"])
     model = get_peft_model(model, LoraConfig(**resolved["LoraConfig"]))
@@ -97,7 +102,8 @@ def baseline_run(data: Path, out: Path, resolved: dict) -> tuple[float, int, flo
         output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=args_in["per_device_train_batch_size"],
         gradient_accumulation_steps=args_in["gradient_accumulation_steps"], learning_rate=args_in["learning_rate"],
         lr_scheduler_type=args_in["lr_scheduler_type"], max_length=args_in["max_length"],
-        gradient_checkpointing=args_in["gradient_checkpointing"], use_cpu=True, bf16=False, report_to="none",
+        gradient_checkpointing=args_in["gradient_checkpointing"], use_cpu=bool(args_in.get("use_cpu")),
+        bf16=bool(args_in.get("bf16")), fp16=bool(args_in.get("fp16")), report_to="none",
         save_strategy="no", logging_steps=1000, disable_tqdm=True, seed=args_in["seed"], optim=args_in["optim"],
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -130,7 +136,10 @@ def main() -> int:
     parser.add_argument("--method", choices=("lora", "qlora"), default="qlora")
     parser.add_argument("--dataset", choices=("mixed", "uniform", "both"), default="both")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (1: steadier on a busy machine)")
+    parser.add_argument("--hardware", choices=("cpu", "cuda-pre-ampere", "cuda-ampere"), default="cpu",
+                        help="where both sides train (default cpu; a GPU machine: cuda-ampere)")
     args = parser.parse_args()
+    HARDWARE[0] = args.hardware
     import torch
 
     torch.set_num_threads(args.threads)

@@ -43,15 +43,20 @@ class TransformersEngine:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        import torch
+
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto").eval()
+        # on a GPU machine without vLLM the model goes to the GPU(s) (accelerate places it), else the CPU
+        placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+        self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto", **placement).eval()
         config, gen = self._model.config, self._model.generation_config
         self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or self._tokenizer.model_max_length)
         eos = gen.eos_token_id if gen.eos_token_id is not None else self._tokenizer.eos_token_id
         self._eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if self._tokenizer.eos_token_id is not None and self._tokenizer.eos_token_id not in self._eos_ids:
             self._eos_ids.append(self._tokenizer.eos_token_id)
-        log.info("transformers engine: %s loaded (%s, context %d)", self.model_path, self._model.dtype, self.max_model_len)
+        log.info("transformers engine: %s loaded (%s on %s, context %d)", self.model_path, self._model.dtype,
+                 self._model.device, self.max_model_len)
 
     async def _on_worker(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
