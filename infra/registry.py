@@ -815,6 +815,11 @@ class _Transient(Exception):
     """An HTTP fault worth retrying (internal; turned into RegistryError after the last attempt)."""
 
 
+class _StaleToken(_Transient):
+    """A cached bearer token was refused (it expired) on a request whose streamed body is spent; a
+    fresh token is already cached, and the retry re-produces the body from its callable."""
+
+
 class RegistryStore(_ImageStore):
     """A registry reached over the OCI distribution API (basic or bearer-token auth)."""
 
@@ -898,6 +903,20 @@ class RegistryStore(_ImageStore):
 
     def _open_blob(self, ref: Reference, digest: str) -> httpx.Response:
         self._ensure_auth(ref, "pull")
+        resp = self._get_stream(ref, digest)
+        if resp.status_code == 401:  # a GET has no body to replay: a fresh token (one expired), once
+            self._authenticate(resp, ref, "pull")
+            resp = self._get_stream(ref, digest)
+        if resp.status_code != 200:
+            if resp.status_code in _TRANSIENT_STATUS:
+                raise _Transient(f"HTTP {resp.status_code} for blob {digest}")
+            if resp.status_code == 401:
+                self._auth_failed(ref, resp, "pull")
+            self._expect(resp, (200,), ref, f"download blob {digest}")
+        return resp
+
+    def _get_stream(self, ref: Reference, digest: str) -> httpx.Response:
+        """GET a blob, streamed when it answers 200; any other answer is read and closed."""
         request = self._client.build_request("GET", f"{self.base_url}/v2/{ref.repository}/blobs/{digest}",
                                              headers=self._headers(ref, "pull"))
         try:
@@ -907,11 +926,6 @@ class RegistryStore(_ImageStore):
         if resp.status_code != 200:
             resp.read()
             resp.close()
-            if resp.status_code in _TRANSIENT_STATUS:
-                raise _Transient(f"HTTP {resp.status_code} for blob {digest}")
-            if resp.status_code == 401:
-                self._auth_failed(ref)
-            self._expect(resp, (200,), ref, f"download blob {digest}")
         return resp
 
     def _put_manifest(self, ref: Reference, data: bytes, media_type: str, tag: str | None) -> str:
@@ -944,7 +958,8 @@ class RegistryStore(_ImageStore):
         streaming = not isinstance(kw.get("content"), (bytes, type(None)))
         if streaming:
             self._ensure_auth(ref, actions)
-        headers = {**kw.pop("headers", {}), **self._headers(ref, actions)}
+        sent = self._headers(ref, actions)
+        headers = {**kw.pop("headers", {}), **sent}
         try:
             resp = self._client.request(method, full, headers=headers, **kw)
             if resp.status_code == 401 and not streaming:
@@ -956,7 +971,13 @@ class RegistryStore(_ImageStore):
         if resp.status_code in _TRANSIENT_STATUS:
             raise _Transient(f"HTTP {resp.status_code} from {method} {httpx.URL(full).path}")
         if resp.status_code == 401:
-            self._auth_failed(ref)
+            if streaming and sent.get("Authorization", "").startswith("Bearer "):
+                # the cached token expired before this body went out: the body cannot be replayed
+                # here, so fetch a fresh token now and let the caller's retry re-produce the body
+                self._authenticate(resp, ref, actions)
+                raise _StaleToken(f"the registry refused an expired token for {method} {httpx.URL(full).path}; "
+                                  "fetched a new one")
+            self._auth_failed(ref, resp, actions)
         return resp
 
     def _ensure_auth(self, ref: Reference, actions: str) -> None:
@@ -974,42 +995,73 @@ class RegistryStore(_ImageStore):
         return f"repository:{ref.repository}:{actions}"
 
     def _authenticate(self, resp: httpx.Response, ref: Reference, actions: str) -> None:
-        if self.credentials is None:
-            raise errors.RegistryError(
-                f"registry {ref.registry} requires authentication and no credentials were found: set "
-                "tuning.output.imagePushSecret / imagePullSecrets (Kubernetes), or KAIFLOW_REGISTRY_USERNAME and "
-                "KAIFLOW_REGISTRY_PASSWORD or KAIFLOW_DOCKER_CONFIG (local)")
+        """Answer a 401 challenge: Basic with the credentials, or a bearer token for the scope
+        (anonymous when there are no credentials, as public images on Docker Hub or GHCR need)."""
         scheme, params = _parse_challenge(resp.headers.get("WWW-Authenticate", ""))
-        basic = "Basic " + base64.b64encode(f"{self.credentials.username}:{self.credentials.password}".encode()).decode()
         if scheme == "bearer":
+            basic = self._basic() if self.credentials is not None else None
             self._auth_headers[self._scope(ref, actions)] = "Bearer " + self._fetch_token(params, ref, actions, basic)
-        else:
-            self._auth_headers["*"] = basic
-
-    def _fetch_token(self, params: dict[str, str], ref: Reference, actions: str, basic: str) -> str:
-        query = {"service": params.get("service", ""), "scope": self._scope(ref, actions)}
-        if not params.get("realm", "").startswith("http"):
-            raise errors.RegistryError(f"registry {ref.registry} asked for a bearer token without a usable realm")
-        try:
-            resp = self._client.get(params.get("realm", ""), params=query, headers={"Authorization": basic})
-        except httpx.TransportError as exc:
-            raise _Transient(f"token service unreachable ({_why(exc)})") from exc
-        if resp.status_code in (401, 403):
+        elif self.credentials is None:
             self._auth_failed(ref)
-        if resp.status_code != 200:
-            raise _Transient(f"token service answered HTTP {resp.status_code}")
-        body = resp.json()
-        return str(body.get("token") or body.get("access_token") or "")
+        else:
+            self._auth_headers["*"] = self._basic()
 
-    def _auth_failed(self, ref: Reference) -> None:
+    def _basic(self) -> str:
+        assert self.credentials is not None
+        return "Basic " + base64.b64encode(f"{self.credentials.username}:{self.credentials.password}".encode()).decode()
+
+    def _fetch_token(self, params: dict[str, str], ref: Reference, actions: str, basic: str | None) -> str:
+        realm = params.get("realm", "")
+        if not realm.startswith("http"):
+            raise errors.RegistryError(f"registry {ref.registry} asked for a bearer token without a usable realm "
+                                       f"(WWW-Authenticate realm={realm!r}): is {self.base_url} a registry?")
+        query = {"service": params.get("service", ""), "scope": self._scope(ref, actions)}
+        service = _token_service(realm)
+        try:
+            resp = self._client.get(realm, params=query, headers={"Authorization": basic} if basic else {})
+        except httpx.TransportError as exc:
+            raise _Transient(f"token service {service} of registry {ref.registry} unreachable ({_why(exc)})") from exc
+        if resp.status_code in (401, 403):
+            self._auth_failed(ref, token_service=service)
+        if resp.status_code != 200:
+            raise _Transient(f"token service {service} of registry {ref.registry} answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+            token = str(body.get("token") or body.get("access_token") or "")
+        except (ValueError, AttributeError):
+            token = ""
+        if not token:
+            raise errors.RegistryError(f"token service {service} of registry {ref.registry} answered without a "
+                                       "token (no JSON 'token' or 'access_token'): is the realm URL right?")
+        return token
+
+    def _auth_failed(self, ref: Reference, resp: httpx.Response | None = None, actions: str = "",
+                     *, token_service: str | None = None) -> None:
+        """Raise the error that says what to fix: missing credentials, a wrong password, or
+        credentials that were accepted but lack the right (a token without the asked actions)."""
+        challenge = _parse_challenge(resp.headers.get("WWW-Authenticate", ""))[1] if resp is not None else {}
         if self.credentials is None:
             raise errors.RegistryError(
                 f"registry {ref.registry} requires authentication and no credentials were found: set "
                 "tuning.output.imagePushSecret / imagePullSecrets (Kubernetes), or KAIFLOW_REGISTRY_USERNAME and "
-                "KAIFLOW_REGISTRY_PASSWORD or KAIFLOW_DOCKER_CONFIG (local)")
+                "KAIFLOW_REGISTRY_PASSWORD or KAIFLOW_DOCKER_CONFIG (local)", reason="RegistryAuthFailed")
+        user, source = self.credentials.username, self.credentials.source
+        if challenge.get("error") == "insufficient_scope":
+            wanted = "push to" if "push" in actions.split(",") else "pull from"
+            granted = _granted_actions(self._auth_headers.get(self._scope(ref, actions), ""), ref.repository)
+            raise errors.RegistryError(
+                f"registry {ref.registry} accepted the credentials of {user!r} (from {source}) but does not let "
+                f"them {wanted} {ref.repository} (the token grants {granted or 'no access'} there): grant "
+                f"{user!r} that right on the registry, or use credentials that have it", reason="RegistryAccessDenied")
+        if challenge.get("error") == "invalid_token":
+            raise errors.RegistryError(
+                f"registry {ref.registry} refused the token its token service issued to {user!r} just now: the "
+                "token service and the registry disagree (issuer, service name, signing certificate or clocks)",
+                reason="RegistryAuthFailed")
+        where = f"the token service {token_service} of registry {ref.registry}" if token_service else f"registry {ref.registry}"
         raise errors.RegistryError(
-            f"authentication failed for registry {ref.registry} as user {self.credentials.username!r}: "
-            f"fix the username/password in {self.credentials.source}", reason="RegistryAuthFailed")
+            f"authentication failed for {where} as user {user!r}: fix the username/password in {source}",
+            reason="RegistryAuthFailed")
 
     def _expect(self, resp: httpx.Response, ok: tuple[int, ...], ref: Reference, what: str) -> None:
         if resp.status_code in ok:
@@ -1099,6 +1151,26 @@ def _why(exc: httpx.TransportError) -> str:
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+def _token_service(realm: str) -> str:
+    """The realm without its query, for messages (``https://auth.docker.io/token``)."""
+    url = httpx.URL(realm)
+    return f"{url.scheme}://{url.netloc.decode()}{url.path}"
+
+
+def _granted_actions(authorization: str, repository: str) -> str:
+    """The actions a bearer token (a JWT, as Docker Hub, ACR, GHCR and Harbor issue) grants on
+    ``repository``, read without verifying it (only to explain a refusal); "" when unknown."""
+    parts = authorization.removeprefix("Bearer ").split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return ",".join(a for entry in claims.get("access") or [] if entry.get("name") == repository
+                        for a in entry.get("actions") or [])
+    except (ValueError, TypeError, AttributeError):
+        return ""
 
 
 def _registry_error_text(resp: httpx.Response) -> str:

@@ -5,7 +5,9 @@ sessions, digest checks at commit, 401 challenges), and a fake would only agree 
 
 Each :class:`LocalRegistry` runs from its own config file, listens on a free loopback port (the
 packaged service listens on all interfaces and is never used) and keeps its data in a folder the
-caller owns. With ``auth=True`` it requires htpasswd (bcrypt) basic auth for every request.
+caller owns. With ``auth=True`` it requires htpasswd (bcrypt) basic auth for every request; with
+``token=TokenServer(...)`` (tests/support/tokenserver.py) it requires bearer tokens from that
+service, as ACR/GHCR/Docker Hub do (distribution's ``auth: token`` section).
 
     from tests.support import registry
 
@@ -54,10 +56,13 @@ def require_binaries(auth: bool = False) -> None:
 free_port = local_process.free_port  # one helper for "a port free on 127.0.0.1 now"
 
 
-def _config_yaml(port: int, data_dir: Path, htpasswd: Path | None) -> str:
+def _config_yaml(port: int, data_dir: Path, htpasswd: Path | None, token: Any = None) -> str:
     auth = (
         f"auth:\n  htpasswd:\n    realm: kaiflow-test\n    path: {htpasswd}\n" if htpasswd else ""
     )
+    if token is not None:  # a tests.support.tokenserver.TokenServer (or anything with these fields)
+        auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n"
+                f"    issuer: {token.issuer}\n    rootcertbundle: {token.cert_path}\n")
     return (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
@@ -84,12 +89,14 @@ class LocalRegistry:
         username: str = "kaiflow",
         password: str = "s3cret-Pa55",
         port: int | None = None,
+        token: Any = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.auth = auth
-        self.username = username if auth else None
-        self.password = password if auth else None
+        self.token = token  # a started tokenserver.TokenServer: bearer-token auth (username/password are its user's)
+        self.username = username if auth or token is not None else None
+        self.password = password if auth or token is not None else None
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -103,7 +110,7 @@ class LocalRegistry:
         require_binaries(self.auth)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         htpasswd = self._write_htpasswd() if self.auth else None
-        self.config_path.write_text(_config_yaml(self.port, self.data_dir, htpasswd))
+        self.config_path.write_text(_config_yaml(self.port, self.data_dir, htpasswd, self.token))
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [REGISTRY_BIN, "serve", str(self.config_path)],
@@ -147,9 +154,14 @@ class LocalRegistry:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """A raw HTTP request to the registry (with this registry's credentials when auth is on)."""
+        """A raw HTTP request to the registry (with this registry's credentials when auth is on;
+        with token auth, a token minted for the repository in ``path`` with every action)."""
         hdrs = dict(headers or {})
-        if self.auth:
+        if self.token is not None and path.startswith("/v2/") and "/" in path[4:]:
+            name = path[4:].split("/manifests/")[0].split("/blobs/")[0].split("/tags/")[0]
+            access = [{"type": "repository", "name": name, "actions": ["pull", "push", "delete"]}]
+            hdrs["Authorization"] = f"Bearer {self.token.mint(access)}"
+        elif self.auth:
             token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             hdrs["Authorization"] = f"Basic {token}"
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
