@@ -1055,8 +1055,9 @@ class RegistryStore(_ImageStore):
                 f"{user!r} that right on the registry, or use credentials that have it", reason="RegistryAccessDenied")
         if challenge.get("error") == "invalid_token":
             raise errors.RegistryError(
-                f"registry {ref.registry} refused the token its token service issued to {user!r} just now: the "
-                "token service and the registry disagree (issuer, service name, signing certificate or clocks)",
+                f"registry {ref.registry} refused the token its token service issued to {user!r} just now: not a "
+                "password problem; the token service and the registry disagree (issuer, service name, signing "
+                "certificate or clocks): check the registry's token auth settings",
                 reason="RegistryAuthFailed")
         where = f"the token service {token_service} of registry {ref.registry}" if token_service else f"registry {ref.registry}"
         raise errors.RegistryError(

@@ -129,6 +129,10 @@ def test_a_pull_only_user_pulls_and_is_told_it_may_not_push_not_that_its_passwor
     assert ts.requests[-1].user == READER and ts.requests[-1].granted == ("repository:adapters/shared:pull",)
     with registry.RegistryStore(reg.host, settings, reg.docker_config()) as store:
         assert store.resolve(f"{reg.host}/adapters/shared:2") is None  # nothing tagged
+    with pytest.raises(errors.RegistryError, match=r"does not let them pull from other/repo \(the token grants "
+                                                   r"no access there\)") as info:
+        registry.pull(f"{reg.host}/other/repo:1", tmp_path / "other", settings=settings, credentials=reader)
+    assert info.value.reason == "RegistryAccessDenied"
 
 
 def test_anonymous_pulls_of_public_repositories_get_an_anonymous_token(token_registry, adapter_dir, settings, tmp_path):
@@ -145,6 +149,18 @@ def test_anonymous_pulls_of_public_repositories_get_an_anonymous_token(token_reg
                    lambda: registry.pull(f"{reg.host}/adapters/shared:1", tmp_path / "private", settings=settings)):
         with pytest.raises(errors.RegistryError, match="requires authentication and no credentials were found"):
             action()
+
+
+def test_a_token_the_registry_does_not_trust_is_not_called_a_wrong_password(tmp_path, adapter_dir, settings):
+    with _token_registry(tmp_path) as (reg, ts):
+        ts.issuer = "another-token-service"  # the registry trusts only the issuer it was started with
+        with pytest.raises(errors.RegistryError) as info:
+            registry.push_adapter(adapter_dir, f"{reg.host}/adapters/untrusted:1", settings=settings,
+                                  credentials=reg.docker_config())
+        message = str(info.value)
+        assert f"registry {reg.host} refused the token its token service issued to {USER!r} just now" in message
+        assert "not a password problem" in message and "fix the username" not in message
+        assert [status for _, _, status in _scopes(ts, 0)] == [200]  # one fresh token, refused: no loop
 
 
 # --- 4. expiry -----------------------------------------------------------------------------------
@@ -186,14 +202,16 @@ def test_streams_started_with_an_expired_token_get_a_fresh_one(tmp_path, adapter
         blob = b"".join(store._iter_blob(ref, layer["digest"]))
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
 
+        expired = store._headers(ref, "push,pull")
         with pytest.raises(registry._StaleToken):  # a _Transient: _put_blob's retry re-produces the body
             store._send("PATCH", store._location(start), ref, "push,pull", content=iter([b"payload"]),
                         headers={"Content-Type": "application/octet-stream"})
-        digest, size = store._put_blob(ref, lambda: [b"payload"])
-        assert (digest, size) == ("sha256:" + hashlib.sha256(b"payload").hexdigest(), 7)
-        # one new token per scope; the upload after the refused PATCH used the token fetched then
+        # the refused PATCH itself fetched a new token (one per scope so far), for the retry to use
         assert _scopes(ts, since) == [(USER, ("repository:adapters/stream:pull",), 200),
                                       (USER, ("repository:adapters/stream:push,pull",), 200)]
+        assert store._headers(ref, "push,pull") != expired
+        digest, size = store._put_blob(ref, lambda: [b"payload"])
+        assert (digest, size) == ("sha256:" + hashlib.sha256(b"payload").hexdigest(), 7)
 
 
 # --- 5. token service faults ---------------------------------------------------------------------
