@@ -455,15 +455,17 @@ def deploy(ws: spec.Workspace, fresh: dict | None, config_maps: dict[str, dict[s
                                              owner=owner, node_selector=pl.get("node_selector"),
                                              extra_tolerations=pl.get("tolerations"))
             if o["kind"] in ("ConfigMap", "StatefulSet", "Service")]
-    for o in objs:
-        kapply.apply(kube, o)
     sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    previous = _serving_snapshot(kube, objs, ns)
+    applied = [kapply.apply(kube, o) for o in objs]
     replicas = sts["spec"]["replicas"]
     try:
         kapply.wait_for(kube, "v1", "Pod", ns, manifests.selector(ws, "inference"),
                         lambda: _inference_ready(kube, ws, ns, replicas), timeout_s=settings.kube_wait_timeout_s,
                         describe=lambda: f"StatefulSet {ns}/{sts['metadata']['name']} has fewer than {replicas} ready pod(s)")
     except errors.KaiflowError as exc:
+        if previous and _template(applied[objs.index(sts)]) != _template(previous[0]):
+            exc.message = str(exc) + _restore(kube, ws, ns, previous, settings)
         condition(ws, status.INFERENCE_READY, False, exc.reason, str(exc), kube)
         raise
     svc = kapply.get(kube, "v1", "Service", manifests.dns_label(ws.name), ns) or {}
@@ -481,6 +483,62 @@ def deploy(ws: spec.Workspace, fresh: dict | None, config_maps: dict[str, dict[s
             "statefulset": sts["metadata"]["name"], "adapters": adapters}
 
 
+def _serving_snapshot(kube: kclient.Kube, objs: list[dict], ns: str) -> list[dict] | None:
+    """The live StatefulSet (first) and ConfigMaps when every replica serves now: what a failed
+    re-deploy puts back. A one-replica StatefulSet replaces its pod before the new one is ready, so
+    without this a bad adapter image or config would leave the endpoint down."""
+    sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    live = kapply.get(kube, "apps/v1", "StatefulSet", sts["metadata"]["name"], ns)
+    want = int(((live or {}).get("spec") or {}).get("replicas") or 0)
+    if not live or not want or int((live.get("status") or {}).get("readyReplicas") or 0) < want:
+        return None
+    snapshot = [_reapplicable(live)]
+    for o in objs:
+        if o["kind"] == "ConfigMap" and (cm := kapply.get(kube, "v1", "ConfigMap", o["metadata"]["name"], ns)):
+            snapshot.append(_reapplicable(cm))
+    return snapshot
+
+
+def _reapplicable(obj: dict) -> dict:
+    """``obj`` as read from the server, less what the server owns (status, uid, resourceVersion...)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k in ("name", "namespace", "labels", "annotations",
+                                                              "ownerReferences") and v}
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    return {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", ""), "metadata": meta, **body}
+
+
+def _template(sts: dict) -> Any:
+    return (sts.get("spec") or {}).get("template")
+
+
+def _restore(kube: kclient.Kube, ws: spec.Workspace, ns: str, previous: list[dict],
+             settings: settings_mod.Settings) -> str:
+    """Put the previous inference objects back after a failed re-deploy; returns what happened, for
+    the error and the InferenceReady condition."""
+    sts = previous[0]
+    replicas = int(sts["spec"]["replicas"])
+    log.warning("inference of %s did not become ready; restoring the previous StatefulSet", ws.name)
+    selector = manifests.selector(ws, "inference")
+
+    def ready() -> bool | None:
+        pods = _pods(kube, ns, selector)
+        return True if sum(1 for p in pods if (_cond(p, "Ready") or {}).get("status") == "True") >= replicas else None
+
+    try:
+        for obj in previous:
+            kapply.apply(kube, obj)
+        # a StatefulSet does not replace a pod that never became ready (Kubernetes' "forced
+        # rollback"): delete the broken ones and the controller makes them from the old template
+        for pod in _pods(kube, ns, selector):
+            if (_cond(pod, "Ready") or {}).get("status") != "True":
+                kapply.delete(kube, "v1", "Pod", pod["metadata"]["name"], ns)
+        kapply.wait_for(kube, "v1", "Pod", ns, selector, ready, timeout_s=settings.kube_wait_timeout_s,
+                        describe=lambda: f"the restored StatefulSet {ns}/{sts['metadata']['name']} is not ready")
+    except errors.KaiflowError as exc:
+        return f"; putting the previous version back failed too ({exc}): the endpoint is down"
+    return "; the previous version was put back and serves again (nothing of this run was kept)"
+
+
 def _inference_ready(kube: kclient.Kube, ws: spec.Workspace, ns: str, replicas: int) -> bool | None:
     sts = kapply.get(kube, "apps/v1", "StatefulSet", manifests.dns_label(ws.name), ns) or {}
     pods = _pods(kube, ns, manifests.selector(ws, "inference"))
@@ -489,9 +547,20 @@ def _inference_ready(kube: kclient.Kube, ws: spec.Workspace, ns: str, replicas: 
         if failure:
             reason, message = failure
             raise errors.DeploymentError(f"inference pod {pod['metadata']['name']}: {reason}: {message}", reason=reason)
-    ready = int((sts.get("status") or {}).get("readyReplicas") or 0)
-    ready_pods = sum(1 for p in pods if (_cond(p, "Ready") or {}).get("status") == "True")
-    return True if max(ready, ready_pods) >= replicas and ready_pods >= min(replicas, len(pods) or replicas) else None
+    st = sts.get("status") or {}
+    # the controller must have seen this spec and rolled every pod to it: right after a re-apply
+    # the old pods are still Ready and the status still counts them
+    if int(st.get("observedGeneration") or 0) < int((sts.get("metadata") or {}).get("generation") or 0):
+        return None
+    if st.get("updateRevision") and st.get("currentRevision", st["updateRevision"]) != st["updateRevision"]:
+        return None
+    if int(st.get("updatedReplicas") or 0) < replicas:
+        return None
+    update = st.get("updateRevision")
+    current = [p for p in pods if not update
+               or (p["metadata"].get("labels") or {}).get("controller-revision-hash", update) == update]
+    ready_pods = sum(1 for p in current if (_cond(p, "Ready") or {}).get("status") == "True")
+    return True if int(st.get("readyReplicas") or 0) >= replicas and ready_pods >= replicas else None
 
 
 def pod_problem(pod: dict) -> tuple[str, str] | None:

@@ -100,10 +100,39 @@ def test_pod_failures_surface_in_inference_ready(kube_env, prefect_api, monkeypa
     with pytest.raises(KaiflowError):
         _run(SEED / "workspace-phi-3-mini.yaml")
     cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.INFERENCE_READY)
-    assert cond["status"] == "False" and cond["reason"] == failure
+    assert cond["status"] == "False" and cond["reason"] == failure and "put back" not in cond["message"]  # nothing served before
     cr = kube.get("kaito.sh/v1alpha1", "Workspace", "workspace-phi-3-mini", "default")
     crc = {c["type"]: c for c in cr["status"]["conditions"]}
     assert crc["InferenceReady"]["reason"] == failure and crc["WorkspaceReady"]["status"] == "False"
+
+
+def test_a_failed_redeploy_puts_the_serving_version_back(kube_env, prefect_api, monkeypatch, tmp_path):
+    """One replica: the StatefulSet replaces the serving pod before the new one is ready. A new
+    adapter image that does not pull must not leave the endpoint down: the old template comes back."""
+    kube = kube_env
+    _byo(monkeypatch, kube, {"apps": "phi-3-adapter"})
+    name = "workspace-phi-3-mini-adapter"
+    seed = SEED / "workspace-phi-3-mini-adapter.yaml"
+    _run(seed)
+    serving = kube.get("apps/v1", "StatefulSet", name, "default")["spec"]["template"]
+    record = local_state.load(name)
+
+    doc = yaml.safe_load(seed.read_text())
+    doc["inference"]["adapters"][0]["source"]["image"] = "registry.example.com/adapters/broken:9"
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(doc))
+    kube.controllers.pod_failure_for = lambda pod: "ImagePullBackOff" if "broken:9" in str(pod.get("spec")) else None
+    with pytest.raises(KaiflowError, match="ImagePullBackOff.*the previous version was put back and serves again"):
+        _run(changed)
+
+    assert kube.get("apps/v1", "StatefulSet", name, "default")["spec"]["template"] == serving
+    pods = kube.list("v1", "Pod", "default", labels={"kaito.sh/workspace": name})
+    assert len(pods) == 1 and "broken:9" not in str(pods[0]["spec"])
+    assert {c["type"]: c["status"] for c in pods[0]["status"]["conditions"]}["Ready"] == "True"
+    after = local_state.load(name)
+    assert (after["endpoint"], after["server"]) == (record["endpoint"], record["server"])
+    cond = status.get_condition(after["conditions"], status.INFERENCE_READY)
+    assert cond["status"] == "False" and cond["reason"] == "ImagePullBackOff" and "put back" in cond["message"]
 
 
 def test_byo_without_matching_nodes_is_a_clear_error(kube_env, prefect_api, monkeypatch):

@@ -24,7 +24,7 @@ and the kubelet would do, in small fast steps (one step per object every ``inter
   affinity, whose NoSchedule/NoExecute taints it tolerates and that has enough free
   ``nvidia.com/gpu``; otherwise PodScheduled=False, reason Unschedulable, with a message shaped
   like the scheduler's ("0/N nodes are available: ...").
-- Kubelet: a bound pod becomes Running and Ready, unless ``pod_failure`` is "ImagePullBackOff"
+- Kubelet: a bound pod becomes Running and Ready, unless ``pod_failure`` (or ``pod_failure_for(pod)``) is "ImagePullBackOff"
   (waiting, Pending) or "CrashLoopBackOff" (waiting, restartCount, not Ready); "Unschedulable"
   keeps every pod unbound.
 """
@@ -131,6 +131,8 @@ class Controllers:
         self.job_outcomes: dict[str, Any] = {}
         self.on_job_complete: Callable[[dict[str, Any]], str | None] | None = None
         self.pod_failure: str | None = None
+        # per pod: a callable (pod -> failure or None), e.g. only pods whose spec names a bad image
+        self.pod_failure_for: Callable[[dict[str, Any]], str | None] | None = None
         self.interval_s = 0.1
         self.errors: list[str] = []          # exceptions raised inside the loop, for debugging tests
         self._stop = threading.Event()
@@ -456,9 +458,12 @@ class Controllers:
             elif phase == "Pending" or (_cond_status(pod, "Ready") != "True" and not self._waiting(pod)):
                 self._run(pod)
 
+    def _failure(self, pod: dict[str, Any]) -> str | None:
+        return self.pod_failure or (self.pod_failure_for(pod) if self.pod_failure_for else None)
+
     def _waiting(self, pod: dict[str, Any]) -> bool:
         return any("waiting" in (s.get("state") or {}) for s in (pod.get("status") or {}).get("containerStatuses") or []
-                   ) and self.pod_failure is not None
+                   ) and self._failure(pod) is not None
 
     def _gpus_used(self, node_name: str, pods: list[dict[str, Any]]) -> int:
         return sum(pod_gpus(p) for p in pods if (p.get("spec") or {}).get("nodeName") == node_name
@@ -493,7 +498,7 @@ class Controllers:
 
     def _schedule(self, pod: dict[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
         node, reasons = (None, {"forced by kube.controllers.pod_failure": len(nodes) or 1}) \
-            if self.pod_failure == "Unschedulable" else self._unschedulable_reasons(pod, nodes, pods)
+            if self._failure(pod) == "Unschedulable" else self._unschedulable_reasons(pod, nodes, pods)
         new = copy.deepcopy(pod)
         status = new.setdefault("status", {})
         status.setdefault("phase", "Pending")
@@ -517,7 +522,7 @@ class Controllers:
         status = new.setdefault("status", {})
         containers = (pod.get("spec") or {}).get("containers") or []
         status.update(startTime=status.get("startTime") or store.now(), podIP="10.244.0.10", hostIP="10.224.0.4")
-        failure = self.pod_failure
+        failure = self._failure(pod)
         if failure == "ImagePullBackOff":
             status["phase"] = "Pending"
             states = [{"waiting": {"reason": "ImagePullBackOff",
