@@ -28,13 +28,7 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DAT
                      "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_key, _value)
 
-PAIRS = [
-    ("What is the capital of France?", "Paris."),
-    ("How many legs does a spider have?", "Eight."),
-    ("What colour is the sky?", "Blue."),
-    ("Who wrote Hamlet?", "Shakespeare."),
-    ("What is two plus two?", "Four."),
-]
+from tests.tuning.conftest import PAIRS, chat_rows, write_parquet  # noqa: E402 - the tests' Q/A pairs
 
 RESULTS: dict[str, dict] = {}
 # Where the checks run: the GPU, or (``--cpu``, to try the script itself on a machine without one) the CPU.
@@ -58,13 +52,7 @@ def check(name: str):
 
 
 def write_data(folder: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [{"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": a}]} for q, a in PAIRS]
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
+    write_parquet(folder / "train-00000-of-00001.parquet", chat_rows())
     return folder
 
 

@@ -35,6 +35,13 @@ partial image. Credentials (:class:`Credentials`) stay in memory: nothing here w
 config, and no message, log line or repr contains a password or an ``Authorization`` header.
 Transient faults (connection refused/reset, timeouts, 429, 5xx) are retried with exponential
 backoff; then a :class:`workspace.errors.RegistryError` with ``transient=True`` says what to check.
+
+Auth: Basic, or bearer tokens from the registry's token service (Docker's token spec, what ACR,
+GHCR, Docker Hub and Harbor use), one per repository scope, fetched anonymously when there are no
+credentials (public images). A token the registry refuses later (expired) is fetched again and the
+request re-sent (a streamed upload through the caller's retry, its body re-produced); a refusal
+with ``insufficient_scope`` is reported as missing rights (``RegistryAccessDenied``), not as a
+wrong password. Tested against docker-registry with ``auth: token`` (tests/support/tokenserver.py).
 """
 
 from __future__ import annotations
