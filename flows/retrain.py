@@ -12,6 +12,16 @@ the new adapter only when the held-out data says it is not worse than the one se
 Same parameters as the workspace flow, so one schedule payload works for both. A workspace with no
 serving adapter yet (never applied) is applied, as ``kaiflow apply`` would.
 
+On kubernetes/aks the same steps are Jobs on the workspace's GPU nodes: the candidate tuning Job
+pushes to a candidate tag beside the output image (``<tag>-candidate-<cache key[:12]>``), never to
+the output tag; an evaluation Job pulls the data and both adapter images by digest and leaves its
+scores in its termination message; promotion moves the output tag to the candidate's digest (a
+manifest PUT from where the flow runs, with the flow's copy of ``imagePushSecret``: no re-upload)
+and rolls the StatefulSet (``deploy`` puts the old one back if the new pods fail). A rejected
+candidate's tag stays in the registry; the output tag and the endpoint are left alone. The
+candidate's training config is a ConfigMap of its own (``<name>-retrain-config``), so the user's
+ConfigMap in the cluster is not changed.
+
 Held-out rows: the trainer's own eval split (``tuning.data.split`` with the config's
 ``DatasetConfig.train_test_split`` and ``shuffle_seed``). When the config has no split, the candidate
 is trained with ``train_test_split = 1 - KAIFLOW_RETRAIN_HOLDOUT`` written into its config, so the
@@ -185,11 +195,7 @@ def _tune_and_compare(workspace: spec.Workspace, config_maps: dict, data: dict, 
                       platform: str) -> tuple[dict, dict, str]:
     """Tune the candidate (holding rows out) and score it against the serving adapter."""
     if platform != "local":
-        raise ProvisioningError(
-            f"retrain {workspace.name}: tuning a candidate is built for the local platform only; on '{platform}' the "
-            "tuning pod pushes to tuning.output.image itself, which would move the tag before the evaluation. "
-            "Use KAIFLOW_PLATFORM=local, or `kaiflow apply` to retrain without the evaluation gate",
-            reason="PlatformNotImplemented")
+        return _tune_and_compare_on_cluster(workspace, config_maps, data, record, platform)
     s = settings.load()
     raw = tune_task.training_config(workspace, config_maps)
     sections, holdout = candidate_config(raw, s.retrain_holdout)
@@ -204,9 +210,40 @@ def _tune_and_compare(workspace: spec.Workspace, config_maps: dict, data: dict, 
     return tuned, scores, holdout
 
 
+def _tune_and_compare_on_cluster(workspace: spec.Workspace, config_maps: dict, data: dict, record: dict,
+                                 platform: str) -> tuple[dict, dict, str]:
+    """The candidate tuning Job (pushing to a candidate tag) and the evaluation Job (module docstring)."""
+    from infra.kube import manifests
+
+    name, t = workspace.name, workspace.tuning
+    if not t.output.image:
+        raise SpecError(f"tuning.output.image: retraining {name} on {platform} pushes the candidate beside the output "
+                        "image and moves its tag on promotion; tuning.output.volumeSource cannot be retrained with "
+                        "an evaluation gate (use `kaiflow apply`)")
+    if not data.get("verified", True):
+        raise ProvisioningError(f"retrain {name}: the flow could not read tuning.input, so it cannot tell whether the "
+                                "data changed since the serving adapter was trained; make the data reachable from "
+                                "where the flow runs", reason="DatasetNotVerified")
+    s = settings.load()
+    sections, holdout = candidate_config(tune_task.training_config(workspace, config_maps), s.retrain_holdout)
+    cm_name = manifests.retrain_config_name(name)
+    maps = {**config_maps, cm_name: {"training_config.yaml": yaml.safe_dump(sections)}}
+    candidate_ws = workspace.model_copy(update={"tuning": t.model_copy(update={"config": cm_name})})
+    with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"retrain of {name}"):
+        tuned = tune_task.tune(candidate_ws, data, maps, platform, candidate=True)
+        scores = evaluate_task.evaluate_images(candidate_ws, {SERVING: record["adapter_image"], CANDIDATE: tuned["reference"]},
+                                               maps, tuned["cache_key"], platform)
+    return tuned, scores, holdout
+
+
 def _promote(workspace: spec.Workspace, config_maps: dict, tuned: dict, data: dict, platform: str) -> str:
     name = workspace.name
-    image = push_task.push_adapter(workspace, tuned["adapter_dir"])
+    if platform == "local":
+        image = push_task.push_adapter(workspace, tuned["adapter_dir"])
+    else:  # the candidate is in the registry already: move the output tag to its digest
+        from infra.kube import platform as kube_platform
+
+        image = kube_platform.promote_candidate(workspace, tuned["reference"])
     local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"], dataset_digest=data["digest"])
     if workspace.inference:
         nodes = concurrency.nodes_for(workspace, "inference", platform)
@@ -235,7 +272,7 @@ def _retrain(workspace: spec.Workspace, config_maps: dict, platform: str) -> Dec
         _record(name, d, None)
         return d
     provision_task.provision(workspace, platform)
-    data = dataset_task.pull_dataset(workspace)
+    data = dataset_task.pull_dataset(workspace, platform)
     last = record.get("retrain") or {}
     holdout = None
     if _trained_on_same_data(record, workspace, config_maps, data["digest"]):
@@ -251,7 +288,9 @@ def _retrain(workspace: spec.Workspace, config_maps: dict, platform: str) -> Dec
             image = _promote(workspace, config_maps, tuned, data, platform)
             d = Decision("Promoted", why, data["digest"], promoted=True, scores=scores, image=image)
         else:
-            d = Decision("Rejected", why + "; the endpoint and image tag were left alone", data["digest"], scores=scores)
+            kept = f" (the candidate stays at {tuned['reference']})" if platform != "local" else ""
+            d = Decision("Rejected", why + "; the endpoint and image tag were left alone" + kept, data["digest"],
+                         scores=scores)
     log.info("retrain %s: %s: %s", name, d.outcome, d.reason)
     _record(name, d, holdout)
     return d

@@ -1,8 +1,10 @@
 """Evaluate: score adapters on the tuning data's held-out rows (``python -m tuning.evaluate``).
 
-The work is the evaluation program, run as a local process like the tuning program (on a cluster it
-would be a Job beside the tuning Job); this task only runs it, retries transient faults, and
-turns its exit status and ``error:`` line into a TuningError that says what to fix.
+The work is the evaluation program, run as a local process like the tuning program, or on
+kubernetes/aks as an evaluation Job beside the tuning Job (``evaluate_images``: the Job pulls the
+adapter images by digest and leaves its scores in its termination message); this task only runs
+it, retries transient faults, and turns its exit status and ``error:`` line into a TuningError that
+says what to fix.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def evaluate(workspace: spec.Workspace, data_dir: str, training_config: dict | N
             raise SpecError(msg + f" (tuning.config {t.config or '(preset defaults)'})")
         raise TuningError(msg + f"; see {wdir / 'evaluation.log'}", reason="EvaluationFailed")
     scores = json.loads(Path(out).read_text())
+    for adapter, s in scores["adapters"].items():
+        log.info("%s: held-out loss %.4f, exact-match %s on %d rows", adapter, s["loss"], s["exact_match"], scores["rows"])
+    return scores
+
+
+@task(name="evaluate-adapter-images", **task_options(retries=1))
+def evaluate_images(workspace: spec.Workspace, adapters: dict[str, str], config_maps: dict[str, dict[str, str]],
+                    cache_key: str, platform: str) -> dict:
+    """Scores per adapter image (name -> digest-pinned image) from an evaluation Job on the cluster;
+    ``workspace.tuning.config`` names the candidate's training config (its held-out split).
+    The same shape as ``evaluate`` less the samples."""
+    from infra.kube import platform as kube_platform
+
+    log = get_run_logger()
+    scores = kube_platform.run_evaluation(workspace, cache_key=cache_key, adapters=adapters, platform=platform,
+                                          config_maps=config_maps)
     for adapter, s in scores["adapters"].items():
         log.info("%s: held-out loss %.4f, exact-match %s on %d rows", adapter, s["loss"], s["exact_match"], scores["rows"])
     return scores

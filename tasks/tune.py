@@ -72,7 +72,11 @@ def _loss_markdown(name: str, metrics: dict) -> str:
 
 
 @task(name="tune", **task_options(retries=1))
-def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[str, str]], platform: str = "local") -> dict:
+def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[str, str]], platform: str = "local",
+         candidate: bool = False) -> dict:
+    """``candidate`` (retrain, kubernetes/aks): the Job pushes to a candidate tag beside
+    ``tuning.output.image`` (``manifests.candidate_reference``), which keeps its tag until promotion.
+    On the local platform nothing is pushed here anyway."""
     from tuning import config as tuning_config
 
     log = get_run_logger()
@@ -85,8 +89,12 @@ def tune(workspace: spec.Workspace, dataset: dict, config_maps: dict[str, dict[s
         raise SpecError(f"tuning.config ({t.config}): {exc}") from None
     key = cache_key(dataset["digest"], resolved, model, method)
     if platform != "local":  # a Job on the GPU nodes, labelled with the key; an identical re-apply reuses its result
+        from infra.kube import manifests as kube_manifests
         from infra.kube import platform as kube_platform
 
+        if candidate:
+            return kube_platform.run_tuning(workspace, cache_key=key, platform=platform, config_maps=config_maps,
+                                            output_image=kube_manifests.candidate_reference(t.output.image, key))
         return kube_platform.run_tuning(workspace, cache_key=key, platform=platform, config_maps=config_maps)
     out = settings.load().home_dir / "adapters" / key[:24]
     if (out / "COMPLETE").exists():

@@ -1,8 +1,8 @@
 """Score adapters on the rows the trainer held out: the evaluation program retraining runs.
 
     python -m tuning.evaluate --model MODEL --data DIR [--config training_config.yaml] [--method qlora]
-                              --adapter NAME=DIR [--adapter NAME=DIR ...] --output scores.json
-                              [--max-rows N] [--max-answer-tokens N]
+                              --adapter NAME=DIR [--adapter NAME=DIR ...] [--output scores.json]
+                              [--summary PATH] [--max-rows N] [--max-answer-tokens N]
 
 Why a program of its own (like ``python -m tuning``): it runs where the GPU is, as a process or a
 pod, and imports no Prefect. The base model is loaded once and every adapter is attached to it in
@@ -22,7 +22,9 @@ What is measured, per adapter, on the same rows and the same prompts the server 
 
 Output: JSON ``{"rows", "shape", "exact_match_applicable", "adapters": {NAME: {"loss", "tokens",
 "exact_match", "matches"}}, "samples": [{"prompt", "reference", "answers": {NAME: text}}]}``.
-Exit codes as ``python -m tuning``: 0 done, 2 bad config or dataset (one ``error:`` line), 1 other.
+``--summary PATH`` writes the same less the samples and per-adapter ``answers`` (a few hundred
+bytes: what fits a pod's termination message, at most 4096 bytes); give ``--output``, ``--summary``
+or both. Exit codes as ``python -m tuning``: 0 done, 2 bad config or dataset (one ``error:`` line), 1 other.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="the training_config.yaml the candidate was trained with")
     p.add_argument("--method", choices=tconfig.METHODS, default="qlora")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to score (repeat)")
-    p.add_argument("--output", required=True, type=Path, help="where to write the scores (JSON)")
+    p.add_argument("--output", type=Path, help="where to write the scores (JSON)")
+    p.add_argument("--summary", type=Path, help="where to write the scores less the samples (compact JSON, "
+                   "e.g. /dev/termination-log)")
     p.add_argument("--max-rows", type=int, default=200, dest="max_rows", help="score at most this many held-out rows")
     p.add_argument("--max-answer-tokens", type=int, default=32, dest="max_answer_tokens",
                    help="exact-match only when every reference is at most this many tokens")
@@ -202,8 +206,18 @@ def evaluate(model_name: str, data: Path, raw: dict[str, Any], method: str, adap
     return {"rows": len(rows), "shape": shape, "exact_match_applicable": exact, "adapters": results, "samples": samples}
 
 
+def summary(scores: dict[str, Any]) -> dict[str, Any]:
+    """The scores less the samples: compact enough for a termination message."""
+    keep = ("loss", "tokens", "exact_match", "matches")
+    return {"rows": scores["rows"], "shape": scores["shape"], "exact_match_applicable": scores["exact_match_applicable"],
+            "adapters": {n: {k: a.get(k) for k in keep} for n, a in scores["adapters"].items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.output is None and args.summary is None:
+        p.error("give --output (the full scores), --summary (without samples) or both")
     try:
         adapters = parse_adapters(args.adapter)
         raw = tconfig.load_file(args.config) if args.config else {}
@@ -215,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(scores, indent=1))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(scores, indent=1))
+    if args.summary:
+        args.summary.write_text(json.dumps(summary(scores), separators=(",", ":")))
     print(json.dumps({n: {k: v for k, v in r.items() if k in ("loss", "exact_match")} for n, r in scores["adapters"].items()}))
     return EXIT_OK
 

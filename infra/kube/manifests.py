@@ -22,6 +22,11 @@ same dicts (with owner references once the Workspace CR has a uid). Choices, and
   tuning`` on the GPU; the main container pushes the adapter (``python -m infra.pod push-adapter``)
   and leaves the pinned reference in its termination message. The Job is named after the cache key,
   which it also carries as the ``kaiflow.io/cache-key`` label.
+- **Retrain** (``flows.retrain``): the candidate is the same tuning Job pushing to
+  ``candidate_reference`` (``<tag>-candidate-<key[:12]>``) under ``candidate_job_name``; the
+  **evaluation Job** pulls the data and the adapter images by digest (init containers) and runs
+  ``python -m tuning.evaluate --summary /dev/termination-log`` on a GPU: the scores, without
+  samples, come back in its termination message (at most 4096 bytes).
 """
 
 from __future__ import annotations
@@ -77,6 +82,39 @@ def inference_config_name(name: str) -> str:
 
 def tuning_result_name(name: str) -> str:
     return f"{dns_label(name, 40)}-tuning-result"
+
+
+def candidate_job_name(name: str, cache_key: str) -> str:
+    """A retrain candidate's tuning Job: never the name of an apply's Job (whose push command differs
+    and whose pod template cannot be changed in place)."""
+    return f"{dns_label(name, 40)}-cand-{cache_key[:10]}"
+
+
+def candidate_result_name(name: str) -> str:
+    return f"{dns_label(name, 40)}-candidate-result"
+
+
+def retrain_config_name(name: str) -> str:
+    """The ConfigMap holding a retrain candidate's training config (the held-out split written in):
+    never the user's own ConfigMap, which ``kaiflow apply`` trains with."""
+    return f"{dns_label(name, 40)}-retrain-config"
+
+
+def evaluation_job_name(name: str, cache_key: str, serving_digest: str) -> str:
+    return f"{dns_label(name, 40)}-eval-{short_hash(cache_key, serving_digest, n=10)}"
+
+
+def candidate_reference(output_image: str, cache_key: str) -> str:
+    """Where a retrain candidate is pushed: the output repository, tag ``<tag>-candidate-<key[:12]>``
+    (a valid tag: at most 128 characters of [A-Za-z0-9_.-]); the output tag itself stays put until
+    the evaluation says promote."""
+    base = output_image.split("@", 1)[0]
+    if ":" in base[base.rfind("/") + 1:]:
+        repo, tag = base.rsplit(":", 1)
+    else:  # no tag (a registry port is not one)
+        repo, tag = base, "latest"
+    suffix = f"-candidate-{cache_key[:12]}"
+    return f"{repo}:{tag[:128 - len(suffix)]}{suffix}"
 
 
 def labels(ws: spec.Workspace, part: str | None = None) -> dict[str, str]:
@@ -240,13 +278,9 @@ def data_source(ws: spec.Workspace) -> dict:
     return {"volume": INPUT_VOLUME_DIR}
 
 
-def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
-               cache_key: str | None = None, owner: dict | None = None,
-               node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> dict:
+def _pull_data(ws: spec.Workspace, volumes: list[dict]) -> tuple[list[str], list[dict]]:
+    """The pull-data init container's command and mounts (its volumes appended to ``volumes``)."""
     t = ws.tuning
-    model = t.preset.name
-    volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "output", "emptyDir": {}},
-                           {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     pull_mounts = [{"name": "data", "mountPath": DATA_DIR}]
     pull_cmd = ["python", "-m", "infra.pod", "pull-data", "--source", json.dumps(data_source(ws), sort_keys=True),
                 "--dest", DATA_DIR]
@@ -257,6 +291,25 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
         volumes.append(_secret_volume(s))
         pull_mounts.append(_secret_mount(s))
         pull_cmd += ["--docker-config", f"{SECRETS_DIR}/{s}/config.json"]
+    return pull_cmd, pull_mounts
+
+
+def _image_pull_secrets(ws: spec.Workspace) -> list[dict]:
+    opts = ws.tuning.preset.preset_options
+    return [{"name": s} for s in (opts.image_pull_secrets or [])] if opts and opts.image_pull_secrets else []
+
+
+def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
+               cache_key: str | None = None, owner: dict | None = None,
+               node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None,
+               output_image: str | None = None) -> dict:
+    """The tuning Job. ``output_image``: push there instead of ``tuning.output.image`` (a retrain
+    candidate, ``candidate_reference``); the Job is then named ``candidate_job_name``."""
+    t = ws.tuning
+    model = t.preset.name
+    volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "output", "emptyDir": {}},
+                           {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    pull_cmd, pull_mounts = _pull_data(ws, volumes)
 
     tune_cmd = ["python", "-m", "tuning", "--data", DATA_DIR, "--model", model, "--method", t.method,
                 "--output", f"{OUTPUT_DIR}/adapter"]
@@ -269,8 +322,8 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
 
     push_cmd = ["python", "-m", "infra.pod", "push-adapter", "--dir", f"{OUTPUT_DIR}/adapter", "--model", model]
     push_mounts = [{"name": "output", "mountPath": OUTPUT_DIR, "readOnly": True}]
-    if t.output.image:
-        push_cmd += ["--image", t.output.image]
+    if output_image or t.output.image:
+        push_cmd += ["--image", output_image or t.output.image]
         if t.output.image_push_secret:
             volumes.append(_secret_volume(t.output.image_push_secret))
             push_mounts.append(_secret_mount(t.output.image_push_secret))
@@ -284,8 +337,8 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": meta(ws, job_name(ws.name, cache_key), namespace, "tuning", owner,
-                         {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else None),
+        "metadata": meta(ws, candidate_job_name(ws.name, cache_key or "") if output_image else job_name(ws.name, cache_key),
+                         namespace, "tuning", owner, {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else None),
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": JOB_TTL_S,
@@ -295,8 +348,7 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
                     "restartPolicy": "Never",
                     "affinity": node_affinity(ws, node_selector),
                     "tolerations": tolerations(extra_tolerations),
-                    "imagePullSecrets": [{"name": s} for s in (t.preset.preset_options.image_pull_secrets or [])]
-                    if t.preset.preset_options and t.preset.preset_options.image_pull_secrets else [],
+                    "imagePullSecrets": _image_pull_secrets(ws),
                     "initContainers": [
                         {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
                         {"name": "tune", "image": image, "command": tune_cmd, "env": env + _model_env(t.preset),
@@ -305,6 +357,72 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
                     "containers": [
                         {"name": "push-adapter", "image": image, "command": push_cmd, "env": env, "volumeMounts": push_mounts,
                          "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError"},
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+EVAL_ADAPTERS_DIR, TERMINATION_LOG = "/mnt/adapters", "/dev/termination-log"
+
+
+def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
+                   name: str, cache_key: str, adapters: dict[str, str], config: str, owner: dict | None = None,
+                   node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> dict:
+    """The retrain evaluation Job: init containers pull the data (as the tuning Job does) and the
+    adapter images by digest (``adapters``: name -> pinned image, e.g. serving and candidate); the
+    main container runs ``python -m tuning.evaluate`` on the GPU with the candidate's training config
+    (ConfigMap ``config``) and writes a compact summary of the scores (no samples: a termination
+    message holds at most 4096 bytes) to its termination message, which the flow reads."""
+    t = ws.tuning
+    volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}},
+                           {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                           {"name": "config", "configMap": {"name": config}}]
+    pull_cmd, pull_mounts = _pull_data(ws, volumes)
+    fetch_cmd = ["python", "-m", "infra.pod", "pull-adapters", "--dest", EVAL_ADAPTERS_DIR]
+    fetch_mounts = [{"name": "adapters", "mountPath": EVAL_ADAPTERS_DIR}]
+    for adapter, ref in adapters.items():
+        fetch_cmd += ["--adapter", f"{adapter}={ref}"]
+    secret = t.output.image_push_secret
+    if secret:
+        if not any(v["name"] == _secret_volume(secret)["name"] for v in volumes):
+            volumes.append(_secret_volume(secret))
+        fetch_mounts.append(_secret_mount(secret))
+        fetch_cmd += ["--docker-config", f"{SECRETS_DIR}/{secret}/config.json"]
+    eval_cmd = ["python", "-m", "tuning.evaluate", "--model", t.preset.name, "--data", DATA_DIR,
+                "--config", f"{CONFIG_DIR}/training_config.yaml", "--method", t.method, "--summary", TERMINATION_LOG]
+    for adapter in adapters:
+        eval_cmd += ["--adapter", f"{adapter}={EVAL_ADAPTERS_DIR}/{adapter}"]
+    eval_mounts = [{"name": "data", "mountPath": DATA_DIR, "readOnly": True},
+                   {"name": "adapters", "mountPath": EVAL_ADAPTERS_DIR, "readOnly": True},
+                   {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                   {"name": "dshm", "mountPath": "/dev/shm"}]
+    key_label = {CACHE_KEY_LABEL: cache_key[:63]}
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": meta(ws, name, namespace, "evaluation", owner, key_label),
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": JOB_TTL_S,
+            "template": {
+                "metadata": {"labels": {**labels(ws, "evaluation"), **key_label}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "affinity": node_affinity(ws, node_selector),
+                    "tolerations": tolerations(extra_tolerations),
+                    "imagePullSecrets": _image_pull_secrets(ws),
+                    "initContainers": [
+                        {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
+                        {"name": "pull-adapters", "image": image, "command": fetch_cmd, "env": env,
+                         "volumeMounts": fetch_mounts},
+                    ],
+                    "containers": [
+                        {"name": "evaluate", "image": image, "command": eval_cmd, "env": env + _model_env(t.preset),
+                         "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": eval_mounts,
+                         "terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError"},
                     ],
                     "volumes": volumes,
                 },

@@ -33,6 +33,7 @@ POD_FAILURES = {"ImagePullBackOff": "ImagePullBackOff", "ErrImagePull": "ImagePu
 QUOTA_WORDS = ("quota", "limit exceeded", "exceeds")
 CAPACITY_WORDS = ("insufficientcapacity", "unavailable", "capacity", "sku")
 GFD_PRODUCT, GFD_COUNT, GFD_MEMORY = "nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods (Kubernetes 1.27+)
 
 
 # --------------------------------------------------------------------------- shared
@@ -279,23 +280,28 @@ def gfd_mismatch(node: dict, p: plan_mod.WorkspacePlan, gpus: int) -> str:
 
 # --------------------------------------------------------------------------- tuning
 def run_tuning(ws: spec.Workspace, *, cache_key: str, platform: str, config_maps: dict[str, dict[str, str]] | None = None,
-               settings: settings_mod.Settings | None = None) -> dict:
+               settings: settings_mod.Settings | None = None, output_image: str | None = None) -> dict:
     """Run (or reuse) the tuning Job for ``cache_key``; returns the pushed adapter image
-    ``{"reference", "digest", "job", "reused", "cache_key"}`` (JobStarted)."""
+    ``{"reference", "digest", "job", "reused", "cache_key"}`` (JobStarted). ``output_image``: a
+    retrain candidate's reference (``manifests.candidate_reference``): the Job pushes there, not to
+    ``tuning.output.image``, and its result is kept apart (``<name>-candidate-result``), so
+    ``kaiflow apply`` never reuses a candidate."""
     settings = settings or settings_mod.load()
     kube = connect(settings)
     ns = kube.namespace_for(ws)
     p = plan_mod.plan_workspace(ws, platform)
-    previous = kapply.get(kube, "v1", "ConfigMap", manifests.tuning_result_name(ws.name), ns)
+    result_name = manifests.candidate_result_name(ws.name) if output_image else manifests.tuning_result_name(ws.name)
+    previous = kapply.get(kube, "v1", "ConfigMap", result_name, ns)
     data = (previous or {}).get("data") or {}
-    if data.get("cacheKey") == cache_key and data.get("reference"):
+    if data.get("cacheKey") == cache_key and data.get("reference") and (not output_image or data.get("image") == output_image):
         log.info("tuning result for this data and config exists (%s): no Job", data["reference"])
         return {"reference": data["reference"], "digest": data["digest"], "job": data.get("job"), "reused": True,
                 "cache_key": cache_key, "adapter_dir": None, "steps": None}
     owner = _owner(kube, ws)
     pl = _placement(ws)
     job = manifests.tuning_job(ws, p, ns, settings.image, cache_key=cache_key, owner=owner,
-                               node_selector=pl.get("node_selector"), extra_tolerations=pl.get("tolerations"))
+                               node_selector=pl.get("node_selector"), extra_tolerations=pl.get("tolerations"),
+                               output_image=output_image)
     name = job["metadata"]["name"]
     for cm in manifests.file_config_maps(ws, config_maps or {}, ns, owner):
         kapply.apply(kube, cm)
@@ -317,10 +323,14 @@ def run_tuning(ws: spec.Workspace, *, cache_key: str, platform: str, config_maps
         msg = f"tuning Job {ns}/{name} failed: {reason}: {detail}; see `kaiflow logs {ws.name} --tuning`"
         condition(ws, status.JOB_STARTED, False, "TuningFailed", msg, kube)
         raise errors.TuningError(msg)
-    reference = _pushed_reference(kube, ns, cache_key, ws)
+    if output_image:
+        reference = _pushed_reference(kube, ns, cache_key, ws, pod_labels={JOB_NAME_LABEL: name}, image=output_image)
+    else:
+        reference = _pushed_reference(kube, ns, cache_key, ws)
     digest = reference.rsplit("@", 1)[1] if "@" in reference else ""
-    kapply.apply(kube, manifests.config_map(ws, manifests.tuning_result_name(ws.name),
-                                            {"cacheKey": cache_key, "reference": reference, "digest": digest, "job": name},
+    kapply.apply(kube, manifests.config_map(ws, result_name,
+                                            {"cacheKey": cache_key, "reference": reference, "digest": digest, "job": name,
+                                             **({"image": output_image} if output_image else {})},
                                             ns, owner))
     condition(ws, status.JOB_STARTED, True, "TuningCompleted", f"Job {name} pushed {reference}", kube)
     local_state.add_event(ws.name, "TuningCompleted", reference)
@@ -339,10 +349,10 @@ def _job_state(job: dict) -> tuple[str, str, str]:
     return "running", "", ""
 
 
-def _finished(kube: kclient.Kube, name: str, ns: str) -> tuple[str, str, str] | None:
+def _finished(kube: kclient.Kube, name: str, ns: str, what: str = "tuning") -> tuple[str, str, str] | None:
     job = kapply.get(kube, "batch/v1", "Job", name, ns)
     if job is None:
-        raise errors.TuningError(f"tuning Job {ns}/{name} was deleted while running; re-apply the workspace")
+        raise errors.TuningError(f"{what} Job {ns}/{name} was deleted while running; re-apply the workspace")
     state = _job_state(job)
     return state if state[0] != "running" else None
 
@@ -382,11 +392,13 @@ def _pod_failure(kube: kclient.Kube, ns: str, labels: dict[str, str]) -> str:
     return ""
 
 
-def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Workspace) -> str:
+def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Workspace,
+                      pod_labels: dict[str, str] | None = None, image: str | None = None) -> str:
     """The digest-pinned image the Job pushed: preferably what its push-adapter container wrote to
     its termination message (the digest it pushed, whatever the tag points at by now); else the
-    tag resolved in the registry (a pod gone after the Job's TTL, or an old image). Logs which."""
-    for pod in reversed(_pods(kube, ns, {manifests.CACHE_KEY_LABEL: cache_key[:63]})):
+    tag resolved in the registry (a pod gone after the Job's TTL, or an old image). Logs which.
+    ``pod_labels``/``image``: the Job's pods and where it pushed (default: by cache key, the output image)."""
+    for pod in reversed(_pods(kube, ns, pod_labels or {manifests.CACHE_KEY_LABEL: cache_key[:63]})):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
             if cs.get("name") == "push-adapter" and term.get("exitCode", 0) == 0:
@@ -395,7 +407,7 @@ def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Work
                     log.info("pushed adapter %s: read from the termination message of pod %s", reference,
                              pod["metadata"]["name"])
                     return reference
-    image = ws.tuning.output.image
+    image = image or ws.tuning.output.image
     if image:  # no (parsable) termination message: ask the registry what the tag points at now
         from infra import registry
 
@@ -438,6 +450,82 @@ def _local_secret(name: str | None) -> Any:
         return None
     path = settings_mod.load().home_dir / "secrets" / name / ".dockerconfigjson"
     return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- retrain: evaluation, promotion
+def run_evaluation(ws: spec.Workspace, *, cache_key: str, adapters: dict[str, str], platform: str,
+                   config_maps: dict[str, dict[str, str]] | None = None,
+                   settings: settings_mod.Settings | None = None) -> dict:
+    """Score ``adapters`` (name -> digest-pinned image) on the held-out rows in an evaluation Job
+    (``manifests.evaluation_job``; ``ws.tuning.config`` names the candidate's training config) and
+    return the scores its evaluate container left in its termination message
+    (``{"rows", "shape", "exact_match_applicable", "adapters": {name: {"loss", "exact_match", ...}}}``).
+    A Job of the same inputs left by an earlier run is replaced: its pod, and so its scores, may be gone."""
+    settings = settings or settings_mod.load()
+    kube = connect(settings)
+    ns = kube.namespace_for(ws)
+    p = plan_mod.plan_workspace(ws, platform)
+    owner = _owner(kube, ws)
+    pl = _placement(ws)
+    name = manifests.evaluation_job_name(ws.name, cache_key, "|".join(f"{k}={v}" for k, v in sorted(adapters.items())))
+    job = manifests.evaluation_job(ws, p, ns, settings.image, name=name, cache_key=cache_key, adapters=adapters,
+                                   config=ws.tuning.config, owner=owner, node_selector=pl.get("node_selector"),
+                                   extra_tolerations=pl.get("tolerations"))
+    for cm in manifests.file_config_maps(ws, config_maps or {}, ns, owner):
+        kapply.apply(kube, cm)
+    if kapply.get(kube, "batch/v1", "Job", name, ns) is not None:
+        kapply.delete(kube, "batch/v1", "Job", name, ns)
+        _wait_gone(kube, "batch/v1", "Job", name, ns, settings.kube_wait_timeout_s)
+    kapply.apply(kube, job)
+    local_state.add_event(ws.name, "EvaluationStarted", f"Job {name}: {', '.join(adapters)} on the held-out rows")
+    state, reason, message = kapply.wait_for(
+        kube, "batch/v1", "Job", ns, {manifests.CACHE_KEY_LABEL: cache_key[:63]},
+        lambda: _finished(kube, name, ns, "evaluation"), timeout_s=settings.kube_wait_timeout_s,
+        describe=lambda: f"evaluation Job {ns}/{name} did not finish")
+    if state == "failed":
+        detail = _pod_failure(kube, ns, {JOB_NAME_LABEL: name}) or message
+        raise errors.TuningError(f"evaluation Job {ns}/{name} failed: {reason}: {detail}; nothing was promoted; see "
+                                 f"`kaiflow logs {ws.name} --tuning` (the newest tuning or evaluation pod)",
+                                 reason="EvaluationFailed")
+    scores = _evaluation_scores(kube, ns, name, list(adapters))
+    local_state.add_event(ws.name, "EvaluationCompleted", f"Job {name}: " + ", ".join(
+        f"{n} loss {a['loss']:.4f}" for n, a in scores["adapters"].items()))
+    return scores
+
+
+def _evaluation_scores(kube: kclient.Kube, ns: str, name: str, expected: list[str]) -> dict:
+    """The scores summary in the termination message of the evaluate container of Job ``name``."""
+    for pod in reversed(_pods(kube, ns, {JOB_NAME_LABEL: name})):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") != "evaluate" or term.get("exitCode", 1) != 0:
+                continue
+            try:
+                scores = json.loads(term.get("message") or "")
+                if all(isinstance(scores["adapters"][n]["loss"], (int, float)) for n in expected):
+                    log.info("evaluation scores read from the termination message of pod %s", pod["metadata"]["name"])
+                    return scores
+            except (ValueError, KeyError, TypeError):
+                pass
+    raise errors.TuningError(f"evaluation Job {ns}/{name} succeeded but its evaluate container left no scores for "
+                             f"{', '.join(expected)} in its termination message; nothing was promoted",
+                             reason="EvaluationFailed")
+
+
+def promote_candidate(ws: spec.Workspace, candidate: str) -> dict:
+    """Move ``tuning.output.image``'s tag to the candidate's digest: the candidate's manifest PUT
+    under the output tag (its blobs are in the same repository already: nothing is uploaded again).
+    Runs where the flow runs, with the flow's copy of ``imagePushSecret``. Returns
+    ``{"reference", "digest"}`` of the output image pinned by that digest."""
+    from infra import registry
+
+    creds = _local_secret(ws.tuning.output.image_push_secret)
+    pinned = registry.copy(candidate, ws.tuning.output.image, source_credentials=creds, dest_credentials=creds)
+    digest = pinned.rsplit("@", 1)[1]
+    if digest != candidate.rsplit("@", 1)[-1]:
+        raise errors.RegistryError(f"moving {ws.tuning.output.image} to {candidate} gave digest {digest}: the registry "
+                                   "changed the manifest; nothing was deployed")
+    return {"reference": pinned, "digest": digest}
 
 
 # --------------------------------------------------------------------------- inference
@@ -609,11 +697,19 @@ def logs(ws: spec.Workspace, part: str = "inference", settings: settings_mod.Set
     kube = connect(settings)
     ns = kube.namespace_for(ws)
     pods = _pods(kube, ns, manifests.selector(ws, part))
+    if part == "tuning":  # retrain's evaluation pods count as tuning runs: the newest of either
+        pods = sorted(pods + _pods(kube, ns, manifests.selector(ws, "evaluation")),
+                      key=lambda p: p["metadata"].get("creationTimestamp") or "")
     if not pods:
         raise errors.KaiflowError(f"no {part} pod of workspace {ws.name} in namespace {ns} (not run yet, or removed "
                                   f"after the Job's TTL)")
-    pod = pods[-1]["metadata"]["name"]
+    newest = pods[-1]
+    pod = newest["metadata"]["name"]
     container = "inference" if part == "inference" else "tune"
+    if (newest["metadata"].get("labels") or {}).get(manifests.PART_LABEL) == "evaluation":
+        failed = [cs["name"] for cs in _statuses(newest)
+                  if ((cs.get("state") or {}).get("terminated") or {}).get("exitCode", 0) != 0]
+        container = failed[0] if failed else "evaluate"
     query: dict[str, Any] = {"container": container}
     if tail_lines:
         query["tailLines"] = tail_lines
