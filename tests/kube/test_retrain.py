@@ -80,6 +80,7 @@ class Pods:
         self.kube, self.work, self.image, self.termination_log = kube, work, image, termination_log
         self.ran: list[tuple[str, str]] = []  # (part, job name)
         self.tag_during_evaluation: list[str | None] = []
+        self.evaluation_messages: list[str] = []
         self.fail_evaluation = False
 
     def __call__(self, job: dict) -> str:
@@ -92,7 +93,10 @@ class Pods:
             self.fail_evaluation = False
             self.kube.controllers.job_outcome = ("failed", "BackoffLimitExceeded",
                                                  "error: OutOfMemoryError: CUDA out of memory", "evaluate")
-        return self.run(job)
+        message = self.run(job)
+        if part == "evaluation":
+            self.evaluation_messages.append(message)
+        return message
 
     def run(self, job: dict) -> str:
         pod = job["spec"]["template"]["spec"]
@@ -201,6 +205,9 @@ def test_retrain_on_kubernetes_unchanged_failed_promoted_rejected(kube_env, pref
         cand, serv = out["scores"]["adapters"]["candidate"], out["scores"]["adapters"]["serving"]
         assert cand["exact_match"] >= serv["exact_match"] and cand["loss"] < serv["loss"] and out["scores"]["rows"] == len(held)
         assert pods.tag_during_evaluation[-1] == digest_a, "the output tag moved before the decision"
+        summary = json.loads(pods.evaluation_messages[-1])  # what a termination message can hold
+        assert len(pods.evaluation_messages[-1]) < 4096 and "samples" not in summary
+        assert summary["adapters"]["candidate"]["loss"] == cand["loss"]
         result = kube.get("v1", "ConfigMap", f"{NAME}-candidate-result", "default")["data"]
         assert result["job"] == cand_job and result["image"].startswith(f"{reg.host}/adapters/{NAME}:1-candidate-")
         digest_b = result["digest"]
