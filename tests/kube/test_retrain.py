@@ -31,7 +31,7 @@ from flows import retrain
 from flows.workspace_flow import workspace_flow
 from infra import local_state, pod as pod_main, registry
 from infra.kube import manifests
-from tests.retrain.conftest import ENV
+from tests.retrain.conftest import CONFIG, ENV
 from tests.retrain.test_retrain_flow import COPIES, N, P, decision_artifact, held_out_positions
 from tests.support.fileserver import FileServer, write_qa_jsonl as write_rows
 from tests.support.registry import LocalRegistry
@@ -42,17 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34")
 NAME = "rtk"
 
-TEXT = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}-config}}
-data:
-  training_config.yaml: |
-    training_config:
-      TrainingArguments:
-        max_steps: 60
-        logging_steps: 10
-        save_steps: 60
+TEXT = CONFIG + """
 ---
 apiVersion: kaito.sh/v1beta1
 kind: Workspace
