@@ -299,6 +299,9 @@ def _image_pull_secrets(ws: spec.Workspace) -> list[dict]:
     return [{"name": s} for s in (opts.image_pull_secrets or [])] if opts and opts.image_pull_secrets else []
 
 
+EVAL_ADAPTERS_DIR, TERMINATION_LOG = "/mnt/adapters", "/dev/termination-log"
+
+
 def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
                cache_key: str | None = None, owner: dict | None = None,
                node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None,
@@ -333,39 +336,43 @@ def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str,
         push_mounts.append({"name": "results", "mountPath": "/mnt/results"})
         push_cmd += ["--volume-dir", "/mnt/results"]
 
-    pod_labels = {**labels(ws, "tuning"), **({CACHE_KEY_LABEL: cache_key[:63]} if cache_key else {})}
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    return _job(ws, candidate_job_name(ws.name, cache_key or "") if output_image else job_name(ws.name, cache_key),
+                namespace, "tuning", cache_key, owner, node_selector, extra_tolerations, volumes, init=[
+                    {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
+                    {"name": "tune", "image": image, "command": tune_cmd, "env": env + _model_env(t.preset),
+                     "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": tune_mounts},
+                ], main={"name": "push-adapter", "image": image, "command": push_cmd, "env": env,
+                         "volumeMounts": push_mounts})
+
+
+def _job(ws: spec.Workspace, name: str, namespace: str, component: str, cache_key: str | None, owner: dict | None,
+         node_selector: dict[str, str] | None, extra_tolerations: list[dict] | None, volumes: list[dict], *,
+         init: list[dict], main: dict) -> dict:
+    """A run-once Job on the workspace's GPU nodes: no retries, cleaned up after JOB_TTL_S, labelled
+    with the cache key; its main container's termination message carries the result to the flow."""
+    key_label = {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else {}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": meta(ws, candidate_job_name(ws.name, cache_key or "") if output_image else job_name(ws.name, cache_key),
-                         namespace, "tuning", owner, {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else None),
+        "metadata": meta(ws, name, namespace, component, owner, key_label or None),
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": JOB_TTL_S,
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": {**labels(ws, component), **key_label}},
                 "spec": {
                     "restartPolicy": "Never",
                     "affinity": node_affinity(ws, node_selector),
                     "tolerations": tolerations(extra_tolerations),
                     "imagePullSecrets": _image_pull_secrets(ws),
-                    "initContainers": [
-                        {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
-                        {"name": "tune", "image": image, "command": tune_cmd, "env": env + _model_env(t.preset),
-                         "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": tune_mounts},
-                    ],
-                    "containers": [
-                        {"name": "push-adapter", "image": image, "command": push_cmd, "env": env, "volumeMounts": push_mounts,
-                         "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError"},
-                    ],
+                    "initContainers": init,
+                    "containers": [{**main, "terminationMessagePath": TERMINATION_LOG,
+                                    "terminationMessagePolicy": "FallbackToLogsOnError"}],
                     "volumes": volumes,
                 },
             },
         },
     }
-
-
-EVAL_ADAPTERS_DIR, TERMINATION_LOG = "/mnt/adapters", "/dev/termination-log"
 
 
 def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
@@ -399,36 +406,12 @@ def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: 
                    {"name": "adapters", "mountPath": EVAL_ADAPTERS_DIR, "readOnly": True},
                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                    {"name": "dshm", "mountPath": "/dev/shm"}]
-    key_label = {CACHE_KEY_LABEL: cache_key[:63]}
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": meta(ws, name, namespace, "evaluation", owner, key_label),
-        "spec": {
-            "backoffLimit": 0,
-            "ttlSecondsAfterFinished": JOB_TTL_S,
-            "template": {
-                "metadata": {"labels": {**labels(ws, "evaluation"), **key_label}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "affinity": node_affinity(ws, node_selector),
-                    "tolerations": tolerations(extra_tolerations),
-                    "imagePullSecrets": _image_pull_secrets(ws),
-                    "initContainers": [
-                        {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
-                        {"name": "pull-adapters", "image": image, "command": fetch_cmd, "env": env,
-                         "volumeMounts": fetch_mounts},
-                    ],
-                    "containers": [
-                        {"name": "evaluate", "image": image, "command": eval_cmd, "env": env + _model_env(t.preset),
-                         "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": eval_mounts,
-                         "terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError"},
-                    ],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
+    return _job(ws, name, namespace, "evaluation", cache_key, owner, node_selector, extra_tolerations, volumes, init=[
+        {"name": "pull-data", "image": image, "command": pull_cmd, "env": env, "volumeMounts": pull_mounts},
+        {"name": "pull-adapters", "image": image, "command": fetch_cmd, "env": env, "volumeMounts": fetch_mounts},
+    ], main={"name": "evaluate", "image": image, "command": eval_cmd, "env": env + _model_env(t.preset),
+             "resources": _gpu_resources(gpus_per_pod(plan, "tuning")), "volumeMounts": eval_mounts})
 
 
 def inference_params(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> dict[str, Any]:
