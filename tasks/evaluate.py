@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import get_run_logger, task
@@ -56,8 +57,7 @@ def evaluate(workspace: spec.Workspace, data_dir: str, training_config: dict | N
             raise SpecError(msg + f" (tuning.config {t.config or '(preset defaults)'})")
         raise TuningError(msg + f"; see {wdir / 'evaluation.log'}", reason="EvaluationFailed")
     scores = json.loads(Path(out).read_text())
-    for adapter, s in scores["adapters"].items():
-        log.info("%s: held-out loss %.4f, exact-match %s on %d rows", adapter, s["loss"], s["exact_match"], scores["rows"])
+    _log_scores(log, scores)
     return scores
 
 
@@ -69,9 +69,12 @@ def evaluate_images(workspace: spec.Workspace, adapters: dict[str, str], config_
     The same shape as ``evaluate`` less the samples."""
     from infra.kube import platform as kube_platform
 
-    log = get_run_logger()
     scores = kube_platform.run_evaluation(workspace, cache_key=cache_key, adapters=adapters, platform=platform,
                                           config_maps=config_maps)
+    _log_scores(get_run_logger(), scores)
+    return scores
+
+
+def _log_scores(log: Any, scores: dict) -> None:
     for adapter, s in scores["adapters"].items():
         log.info("%s: held-out loss %.4f, exact-match %s on %d rows", adapter, s["loss"], s["exact_match"], scores["rows"])
-    return scores

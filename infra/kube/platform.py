@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from infra import local_state
@@ -392,21 +393,29 @@ def _pod_failure(kube: kclient.Kube, ns: str, labels: dict[str, str]) -> str:
     return ""
 
 
+def _termination_messages(kube: kclient.Kube, ns: str, labels: dict[str, str], container: str, *,
+                          missing_exit_ok: bool = False) -> Iterator[tuple[str, str]]:
+    """(pod name, termination message) of ``container`` where it exited 0, in the pods with
+    ``labels``, newest first (``missing_exit_ok``: a terminated state without an exit code counts)."""
+    for pod in reversed(_pods(kube, ns, labels)):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") == container and term.get("exitCode", 0 if missing_exit_ok else 1) == 0:
+                yield pod["metadata"]["name"], term.get("message") or ""
+
+
 def _pushed_reference(kube: kclient.Kube, ns: str, cache_key: str, ws: spec.Workspace,
                       pod_labels: dict[str, str] | None = None, image: str | None = None) -> str:
     """The digest-pinned image the Job pushed: preferably what its push-adapter container wrote to
     its termination message (the digest it pushed, whatever the tag points at by now); else the
     tag resolved in the registry (a pod gone after the Job's TTL, or an old image). Logs which.
     ``pod_labels``/``image``: the Job's pods and where it pushed (default: by cache key, the output image)."""
-    for pod in reversed(_pods(kube, ns, pod_labels or {manifests.CACHE_KEY_LABEL: cache_key[:63]})):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") == "push-adapter" and term.get("exitCode", 0) == 0:
-                reference = termination_reference(term.get("message") or "")
-                if reference:
-                    log.info("pushed adapter %s: read from the termination message of pod %s", reference,
-                             pod["metadata"]["name"])
-                    return reference
+    labels = pod_labels or {manifests.CACHE_KEY_LABEL: cache_key[:63]}
+    for pod_name, message in _termination_messages(kube, ns, labels, "push-adapter", missing_exit_ok=True):
+        reference = termination_reference(message)
+        if reference:
+            log.info("pushed adapter %s: read from the termination message of pod %s", reference, pod_name)
+            return reference
     image = image or ws.tuning.output.image
     if image:  # no (parsable) termination message: ask the registry what the tag points at now
         from infra import registry
@@ -495,18 +504,14 @@ def run_evaluation(ws: spec.Workspace, *, cache_key: str, adapters: dict[str, st
 
 def _evaluation_scores(kube: kclient.Kube, ns: str, name: str, expected: list[str]) -> dict:
     """The scores summary in the termination message of the evaluate container of Job ``name``."""
-    for pod in reversed(_pods(kube, ns, {JOB_NAME_LABEL: name})):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") != "evaluate" or term.get("exitCode", 1) != 0:
-                continue
-            try:
-                scores = json.loads(term.get("message") or "")
-                if all(isinstance(scores["adapters"][n]["loss"], (int, float)) for n in expected):
-                    log.info("evaluation scores read from the termination message of pod %s", pod["metadata"]["name"])
-                    return scores
-            except (ValueError, KeyError, TypeError):
-                pass
+    for pod_name, message in _termination_messages(kube, ns, {JOB_NAME_LABEL: name}, "evaluate"):
+        try:
+            scores = json.loads(message)
+            if all(isinstance(scores["adapters"][n]["loss"], (int, float)) for n in expected):
+                log.info("evaluation scores read from the termination message of pod %s", pod_name)
+                return scores
+        except (ValueError, KeyError, TypeError):
+            pass
     raise errors.TuningError(f"evaluation Job {ns}/{name} succeeded but its evaluate container left no scores for "
                              f"{', '.join(expected)} in its termination message; nothing was promoted",
                              reason="EvaluationFailed")
