@@ -21,9 +21,10 @@ into a staging folder whose files move into place only after the digest matched;
 transfer.py`` measures both against plain HTTP PUT/GET of the same bytes.
 
 The pull has a hot path (:func:`_fast_untar`) for the layers kaiflow itself writes and for plain
-``tar`` layers: stored deflate blocks and ustar headers are parsed by hand, file bytes go from the
-socket's buffers to ``os.writev`` without copies, and sha256 runs in a second thread. A real
-compressed layer (Kaito's ``gzip -9``) or a pax/long-name member falls back to ``tarfile`` + zlib.
+``tar`` layers: stored deflate blocks and ustar headers are parsed by hand, the socket's pieces are
+joined into ~1 MiB blocks (the one copy) that go to ``os.writev`` as slices and to sha256 in a
+second thread. A real compressed layer (Kaito's ``gzip -9``) or a pax/long-name member falls back
+to ``tarfile`` + zlib.
 
 Layers are gzip at level 0 by default (``RegistrySettings.compress_level``): adapter weights
 compress by a few percent while zlib level 1 runs at ~60 MB/s on this class of machine, several
@@ -645,7 +646,7 @@ class _StoredInflater:
 
 class _TarWriter:
     """Writes the regular files of a ustar/gnu tar stream under ``subdir/`` into ``staging`` from
-    slices as they arrive (batched ``os.writev``: no copies); pax/long-name entries -> _NotFast."""
+    slices as they arrive (batched ``os.writev``: no further copies); pax/long-name entries -> _NotFast."""
 
     def __init__(self, staging: Path, subdir: str) -> None:
         self.staging, self.subdir = staging, subdir
@@ -729,6 +730,7 @@ def _fast_untar(chunks: Iterator[bytes], digest: str, size: int, staging: Path, 
     hasher, inflater, writer = _Hasher(), _StoredInflater() if gzipped else None, _TarWriter(staging, subdir)
 
     def take(block: bytes) -> None:
+        hasher.feed(block)
         if inflater is None:
             writer.feed(memoryview(block))
         else:
@@ -746,14 +748,10 @@ def _fast_untar(chunks: Iterator[bytes], digest: str, size: int, staging: Path, 
                 batch.append(chunk)
                 held += len(chunk)
                 if held >= CHUNK:
-                    block = b"".join(batch)
-                    hasher.feed(block)
-                    take(block)
+                    take(b"".join(batch))
                     batch, held = [], 0
             if batch:
-                block = b"".join(batch)
-                hasher.feed(block)
-                take(block)
+                take(b"".join(batch))
         finally:
             writer.abort()
             got, seen = hasher.result()
