@@ -244,6 +244,11 @@ def run(spec: RunSpec) -> dict[str, Any]:
     )
     resume_from = last_checkpoint(spec.checkpoints, fingerprint(resolved, loaded.files))
     source = model_source(spec.model)
+    # seed before the model is built: the LoRA weights are initialised in get_peft_model, before the
+    # Trainer seeds (TrainingArguments.seed), so without this no two runs gave the same adapter
+    from transformers import set_seed
+
+    set_seed(int(resolved["TrainingArguments"].get("seed", 42)))
     progress.say(f"loading {spec.model} ({resolved['method']}, {resolved['hardware']})")
     tokenizer = load_tokenizer(source, resolved["ModelConfig"])
     model = load_model(source, resolved)

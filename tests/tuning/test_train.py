@@ -3,6 +3,7 @@ bad input fails cleanly, and a killed run resumes. Real training, real files, no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -250,3 +251,16 @@ def test_kaitos_default_qlora_config_file_runs_unchanged_on_cpu(chat_dir: Path, 
     resolved = json.loads((output / "metrics.json").read_text())["resolved_config"]
     assert resolved["ModelConfig"]["torch_dtype"] == "float32" and resolved["adjustments"]
     assert not Path("/mnt/results").exists()  # the file's output_dir yields to --output
+
+
+@pytest.mark.slow
+def test_the_same_inputs_give_the_same_adapter(chat_dir: Path, tmp_path: Path):
+    """Reproducible runs (the LoRA weights are initialised from the config's seed): a re-run, a
+    retrain comparison or a flaky test would otherwise depend on an unseeded random start."""
+    digests = []
+    for run in ("a", "b"):
+        result = run_program("--data", str(chat_dir), "--model", "tiny-phi-3", "--output", str(tmp_path / run),
+                             "--max-steps", "5")
+        assert result.returncode == 0, result.stderr[-3000:]
+        digests.append(hashlib.sha256((tmp_path / run / "adapter_model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
