@@ -24,17 +24,31 @@ WORKSPACE = REPO / "examples" / "local" / "tune-and-serve.yaml"
 PORT = 8765
 
 
-def serve_data() -> None:
+def _served(url: str) -> bytes | None:
     try:
-        if httpx.get(f"http://127.0.0.1:{PORT}/qa.jsonl", timeout=2).status_code == 200:
-            return
+        resp = httpx.get(url, timeout=2)
     except httpx.HTTPError:
-        pass
+        return None
+    return resp.content if resp.status_code == 200 else b""
+
+
+def serve_data() -> None:
+    """Serve DATA on PORT, reusing a server that already serves these very files."""
+    url = f"http://127.0.0.1:{PORT}/qa.jsonl"
+    if _served(url) == (DATA / "qa.jsonl").read_bytes():
+        return
     home = settings.load().home_dir / "demo"
     home.mkdir(parents=True, exist_ok=True)
+    pidfile = home / "data-server.pid"
+    # the data server an earlier demo started (from another or a since-moved checkout) serves other
+    # files, or none: replace it. A port held by anything else is the user's to free.
+    local_process.stop_recorded(pidfile, marker="http.server")
+    if _served(url) is not None:
+        raise SystemExit(f"make demo: port {PORT} on 127.0.0.1 is in use by another program (not the demo's data "
+                         f"server); the demo serves its training data there: stop that program and run it again")
     pid = local_process.start([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(DATA), str(PORT)],
-                              log_path=home / "data-server.log", pidfile=home / "data-server.pid")
-    local_process.wait_healthy(f"http://127.0.0.1:{PORT}/qa.jsonl", pid=pid, marker="http.server", timeout=20)
+                              log_path=home / "data-server.log", pidfile=pidfile)
+    local_process.wait_healthy(url, pid=pid, marker="http.server", timeout=20)
 
 
 def cmd_demo(args=None) -> int:
