@@ -150,7 +150,7 @@ def run(host: str, mb: int, runs: int, work: Path, only: str = "both") -> dict[s
                     "put": lambda: _raw_put(client, base, "bench/raw", weights, digest)}, i)
             if only != "push":
                 pair("pull", "get", {
-                    "pull": lambda: registry.pull(ref, out, settings=settings),
+                    "pull": lambda out=out: registry.pull(ref, out, settings=settings),
                     "get": lambda: _raw_get(client, base, "bench/raw", digest, work / "raw.bin"),
                     "vget": lambda: _verified_get(client, base, "bench/raw", digest, work / "raw.bin")}, i)
                 shutil.rmtree(out)

@@ -19,6 +19,16 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Address local inference servers listen on.")
     health_timeout_s: float = Field(600.0, description="How long to wait for a new inference server to be healthy.")
 
+    # --- images: registries and OCI layouts (infra.registry) ---
+    registry: str | None = Field(None, description="Registry for image references without a host (e.g. 127.0.0.1:5000); none: an OCI layout under oci_layout_root.")
+    oci_layout_root: str | None = Field(None, description="Where OCI image layouts of bare references go (default: KAIFLOW_HOME/oci-layout).")
+    insecure_registries: str = Field("", description="Registries (host or host:port, comma-separated) spoken to over plain HTTP; loopback always is.")
+    docker_config: str | None = Field(None, description="docker config.json to read registry credentials from, read only (default: $DOCKER_CONFIG/config.json, ~/.docker/config.json).")
+    registry_username: str | None = Field(None, description="Registry username (with KAIFLOW_REGISTRY_PASSWORD), before any docker config.")
+    registry_password: SecretStr | None = Field(None, description="Registry password or token for KAIFLOW_REGISTRY_USERNAME.")
+    registry_attempts: int = Field(5, ge=1, description="Tries of one registry exchange (infra.retry's in-call layer) before the step fails.")
+    registry_backoff_s: float = Field(0.5, ge=0, description="First wait between tries of a registry exchange (doubling, at most 10 s).")
+
     # --- Kubernetes platform (issue 7) ---
     kubeconfig: Path | None = Field(None, description="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).")
     kube_context: str | None = Field(None, description="kubeconfig context (default: the current one).")

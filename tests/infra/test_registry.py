@@ -393,18 +393,18 @@ def test_a_layer_cut_short_is_an_error_not_a_partial_adapter(plain_registry, set
 
 def test_kaiflows_own_layers_take_the_fast_path(adapter_dir, settings, tmp_path):
     """What kaiflow pushes (gzip level 0: stored blocks, ustar headers) is read without the
-    general tarfile/zlib reader; anything the fast path cannot parse says so with _NotFast."""
+    general tarfile/zlib reader; anything the fast path cannot parse says so with NotFast."""
     ref = f"oci:{tmp_path / 'layout'}:1"
     registry.push_adapter(adapter_dir, ref, model_name=MODEL, settings=settings)
     store = registry.store_for(ref, settings=settings)
-    parsed = store._parse(ref)
-    _, manifest = store._fetch_image_manifest(parsed)
+    parsed = store.parse(ref)
+    _, manifest = store.fetch_image_manifest(parsed)
     layer = manifest["layers"][0]
     staging = tmp_path / "staging"
     staging.mkdir()
-    registry._fast_untar(store._iter_blob(parsed, layer["digest"]), layer["digest"], layer["size"], staging, "data",
-                         ref, gzipped=True)  # raises _NotFast if it had to fall back
+    registry.fastpull.fast_untar(store.iter_blob(parsed, layer["digest"]), layer["digest"], layer["size"], staging,
+                                 "data", ref, gzipped=True)  # raises NotFast if it had to fall back
     assert _same_files(staging, adapter_dir)
     gz9 = zlib.compress(_tar({"data/x": b"x" * 1000}, tarfile.USTAR_FORMAT), 9)
-    with pytest.raises(registry._NotFast):
-        registry._fast_untar(iter([b"\x1f\x8b\x08\x00" + bytes(6) + gz9[2:]]), "sha256:0", -1, staging, "data", "t", gzipped=True)
+    with pytest.raises(registry.fastpull.NotFast):
+        registry.fastpull.fast_untar(iter([b"\x1f\x8b\x08\x00" + bytes(6) + gz9[2:]]), "sha256:0", -1, staging, "data", "t", gzipped=True)

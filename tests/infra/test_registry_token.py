@@ -2,7 +2,7 @@
 
 Debian's docker-registry (distribution 2.8) runs with ``auth: token`` and verifies every JWT
 against the certificate of our token service (tests/support/tokenserver.py, Docker's token
-spec); kaiflow's own client (infra/registry.py) follows the ``WWW-Authenticate: Bearer`` challenges.
+spec); kaiflow's own client (infra/registry/auth.py) follows the ``WWW-Authenticate: Bearer`` challenges.
 Nothing is mocked: scopes, refusals, expiry and faults are what the registry and the token
 service really answer.
 """
@@ -190,27 +190,27 @@ def test_streams_started_with_an_expired_token_get_a_fresh_one(tmp_path, adapter
     That gap cannot be forced through the public calls, so this drives the store's primitives."""
     with _token_registry(tmp_path, lifetime_s=SHORT_LIFETIME_S) as (reg, ts), \
             registry.RegistryStore(reg.host, settings, reg.docker_config()) as store:
-        ref = store._parse(f"{reg.host}/adapters/stream:1")
+        ref = store.parse(f"{reg.host}/adapters/stream:1")
         store.push_adapter(adapter_dir, str(ref))
-        _, manifest = store._fetch_image_manifest(ref)  # caches a pull token
+        _, manifest = store.fetch_image_manifest(ref)  # caches a pull token
         layer = manifest["layers"][0]
         start = store._send("POST", f"/v2/{ref.repository}/blobs/uploads/", ref, "push,pull")  # a push token
         assert start.status_code == 202
         time.sleep(EXPIRED_AFTER_S)
         since = len(ts.requests)
 
-        blob = b"".join(store._iter_blob(ref, layer["digest"]))
+        blob = b"".join(store.iter_blob(ref, layer["digest"]))
         assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
 
-        expired = store._headers(ref, "push,pull")
-        with pytest.raises(registry._StaleToken):  # a _Transient: _put_blob's retry re-produces the body
+        expired = store.auth.headers(ref, "push,pull")
+        with pytest.raises(registry.auth.StaleToken):  # a Transient: put_blob's retry re-produces the body
             store._send("PATCH", store._location(start), ref, "push,pull", content=iter([b"payload"]),
                         headers={"Content-Type": "application/octet-stream"})
         # the refused PATCH itself fetched a new token (one per scope so far), for the retry to use
         assert _scopes(ts, since) == [(USER, ("repository:adapters/stream:pull",), 200),
                                       (USER, ("repository:adapters/stream:push,pull",), 200)]
-        assert store._headers(ref, "push,pull") != expired
-        digest, size = store._put_blob(ref, lambda: [b"payload"])
+        assert store.auth.headers(ref, "push,pull") != expired
+        digest, size = store.put_blob(ref, lambda: [b"payload"])
         assert (digest, size) == ("sha256:" + hashlib.sha256(b"payload").hexdigest(), 7)
 
 

@@ -1,19 +1,24 @@
-"""OCI image layout on disk: kaiflow's adapter store when no registry is configured.
+"""OCI image layouts on disk: kaiflow's image store when no registry is configured.
 
 Why the standard layout (image-spec ``image-layout.md``) and not a folder of our own: the same
 directory can be inspected and copied by ``oras``/``skopeo``/``crane`` (``oci:PATH:TAG``) and
 pushed to a registry later with :func:`infra.registry.copy`, with digests unchanged.
 
-One layout per repository: ``<root>/<repository>/`` holds ``oci-layout``, ``index.json`` and
-``blobs/sha256/<hex>``. Tags are ``org.opencontainers.image.ref.name`` annotations in
-``index.json``. Writes are crash-safe in the order that matters: a blob is written to a temporary
-file and renamed to its digest only when the digest matched; ``index.json`` is replaced atomically
-after every blob of the manifest exists, so a failed push never leaves a tag on a partial image.
+One layout per repository: ``<root>/<repository>/`` (or the path of an ``oci:/path:tag``
+reference) holds ``oci-layout``, ``index.json`` and ``blobs/sha256/<hex>``. Tags are
+``org.opencontainers.image.ref.name`` annotations in ``index.json``. Writes are crash-safe in the
+order that matters: a blob is written to a temporary file and renamed to its digest only when the
+digest matched; ``index.json`` is replaced atomically (under a file lock) after every blob of the
+manifest exists, so a failed push never leaves a tag on a partial image.
+
+:class:`LayoutRepository` is the on-disk format of one repository; :class:`LayoutStore` is the
+:class:`~infra.registry.store.Store` that maps references onto such repositories.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -22,11 +27,46 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from infra.registry import fastpull, store
+from infra.registry.reference import Reference, parse_reference
+from infra.registry.settings import RegistrySettings
 from workspace import errors
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = {"imageLayoutVersion": "1.0.0"}
-CHUNK = 1 << 20
+
+
+class LayoutStore(store.BaseStore):
+    """Images in OCI image layouts on disk: ``oci:/abs/path:tag`` or ``repo/name:tag`` under ``root``."""
+
+    def __init__(self, settings: RegistrySettings | None = None) -> None:
+        self.settings = settings or RegistrySettings.from_env()
+
+    def parse(self, reference: str) -> Reference:
+        ref = parse_reference(reference)
+        if ref.layout is None:
+            path = (self.settings.layout_root / ref.repository).resolve()
+            ref = dataclasses.replace(ref, registry="", layout=path)
+        return ref
+
+    def has_blob(self, ref: Reference, digest: str) -> bool:
+        return self._repo(ref).has_blob(digest)
+
+    def put_blob(self, ref: Reference, chunks: store.Chunks, expected: str | None = None) -> tuple[str, int]:
+        return self._repo(ref).put_blob(chunks(), expected)
+
+    def iter_blob(self, ref: Reference, digest: str) -> Iterator[bytes]:
+        return self._repo(ref).iter_blob(digest)
+
+    def put_manifest(self, ref: Reference, data: bytes, media_type: str, tag: str | None) -> str:
+        return self._repo(ref).put_manifest(data, media_type, tag)
+
+    def get_manifest(self, ref: Reference, which: str) -> tuple[bytes, str, str] | None:
+        return self._repo(ref).get_manifest(which)
+
+    def _repo(self, ref: Reference) -> LayoutRepository:
+        assert ref.layout is not None
+        return LayoutRepository(ref.layout)
 
 
 class LayoutRepository:
@@ -76,7 +116,7 @@ class LayoutRepository:
                 "push the image again"
             )
         with open(path, "rb") as src:
-            while chunk := src.read(CHUNK):
+            while chunk := src.read(fastpull.CHUNK):
                 yield chunk
 
     # -- manifests --------------------------------------------------------------------------
@@ -100,7 +140,7 @@ class LayoutRepository:
             if not self.has_blob(ref):
                 return None
             data = self.blob_path(ref).read_bytes()
-            media_type = json.loads(data).get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+            media_type = json.loads(data).get("mediaType", store.OCI_MANIFEST)
             return data, media_type, ref
         for entry in self._read_index()["manifests"]:
             if entry.get("annotations", {}).get(REF_NAME) == ref and self.has_blob(entry["digest"]):
@@ -120,8 +160,7 @@ class LayoutRepository:
         if not marker.exists():
             marker.write_text(json.dumps(LAYOUT_FILE))
         if not (self.path / "index.json").exists():
-            self._write_index({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                               "manifests": []})
+            self._write_index({"schemaVersion": 2, "mediaType": store.OCI_INDEX, "manifests": []})
 
     def _read_index(self) -> dict:
         path = self.path / "index.json"
