@@ -8,5 +8,7 @@ nor Kubernetes. Modules:
     data        dataset files in a folder → canonical chat / prompt-completion / text rows
     train       model + adapter + trl SFTTrainer, checkpoints and resume, atomic adapter output
     progress    ``KAIFLOW_PROGRESS {json}`` lines and the metrics.json summary
+    protocol    what the program promises the flow: progress lines, exit codes, ``error:`` line,
+                the ``COMPLETE`` marker and ``metrics.json`` (the flow imports it too)
     cli         flags, exit codes (0 ok, 2 bad config/dataset, 1 other failure)
 """

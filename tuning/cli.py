@@ -6,7 +6,8 @@
 ``--model``, ``--data`` and ``--output`` may instead come from the YAML (Kaito's
 ``ModelConfig.pretrained_model_name_or_path``, ``DatasetConfig.dataset_path``,
 ``TrainingArguments.output_dir``); flags win. Exit codes: 0 done, 2 bad config or dataset (one
-``error:`` line on stderr naming the section/key or file/columns), 1 anything else.
+``error:`` line on stderr naming the section/key or file/columns), 1 anything else; the whole
+exchange with the flow is written down in :mod:`tuning.protocol`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pathlib import Path
 
 from tuning import config as tconfig
 from tuning import data as tdata
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from tuning import protocol
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return _bad_input(exc)
     except Exception as exc:  # noqa: BLE001 - the program's last word on any failure
         traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    return EXIT_OK
+        print(protocol.error_line(f"{type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
+        return protocol.EXIT_FAILED
+    return protocol.EXIT_OK
 
 
 def build_spec(args: argparse.Namespace):  # -> train.RunSpec (imported lazily)
@@ -83,5 +83,5 @@ def _path(value: object) -> Path | None:
 
 
 def _bad_input(exc: Exception) -> int:
-    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-    return EXIT_BAD_INPUT
+    print(protocol.error_line(str(exc)), file=sys.stderr, flush=True)
+    return protocol.EXIT_BAD_INPUT

@@ -24,7 +24,8 @@ Output: JSON ``{"rows", "shape", "exact_match_applicable", "adapters": {NAME: {"
 "exact_match", "matches"}}, "samples": [{"prompt", "reference", "answers": {NAME: text}}]}``.
 ``--summary PATH`` writes the same less the samples and per-adapter ``answers`` (a few hundred
 bytes: what fits a pod's termination message, at most 4096 bytes); give ``--output``, ``--summary``
-or both. Exit codes as ``python -m tuning``: 0 done, 2 bad config or dataset (one ``error:`` line), 1 other.
+or both. Exit codes as ``python -m tuning``: 0 done, 2 bad config or dataset (one ``error:`` line), 1 other
+(:mod:`tuning.protocol`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from typing import Any
 
 from tuning import config as tconfig
 from tuning import data as tdata
+from tuning import protocol
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SAMPLES = 5
 
 
@@ -223,19 +224,19 @@ def main(argv: list[str] | None = None) -> int:
         raw = tconfig.load_file(args.config) if args.config else {}
         scores = evaluate(args.model, args.data, raw, args.method, adapters, args.max_rows, args.max_answer_tokens)
     except (tconfig.ConfigError, tdata.DatasetError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        print(protocol.error_line(str(exc)), file=sys.stderr, flush=True)
+        return protocol.EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the program's last word on any failure
         traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        print(protocol.error_line(f"{type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
+        return protocol.EXIT_FAILED
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(scores, indent=1))
     if args.summary:
         args.summary.write_text(json.dumps(summary(scores), separators=(",", ":")))
     print(json.dumps({n: {k: v for k, v in r.items() if k in ("loss", "exact_match")} for n, r in scores["adapters"].items()}))
-    return EXIT_OK
+    return protocol.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Progress the flow (and a person reading pod logs) can follow: no silent minutes.
 
-Every logging step prints one machine line, ``KAIFLOW_PROGRESS {json}``, that the flow parses
-for its progress bar and loss-curve artifact, and one human line. The reporter also keeps the
-loss history and token counts that end up in ``metrics.json``.
+Every logging step prints one machine line, ``KAIFLOW_PROGRESS {json}`` (:mod:`tuning.protocol`),
+that the flow parses for its progress bar and loss-curve artifact, and one human line. The reporter
+also keeps the loss history and token counts that end up in ``metrics.json``.
 
 Tokens are trl's ``num_tokens``: the non-padding tokens the model was trained on (with packing
 every token is real). After a resume they count only what this process trained.
@@ -10,7 +10,6 @@ every token is real). After a resume they count only what this process trained.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-PREFIX = "KAIFLOW_PROGRESS"
+from tuning import protocol
 
 
 def say(message: str) -> None:
@@ -94,7 +93,7 @@ class Reporter(TrainerCallback):
 
 
 def emit(event: dict[str, Any]) -> None:
-    print(f"{PREFIX} {json.dumps(event)}", flush=True)
+    print(protocol.progress_line(event), flush=True)
 
 
 def final_line(metrics: dict[str, Any], output: Path) -> str:
@@ -111,10 +110,8 @@ def _round(value: float | None) -> float | None:
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
-    """The event in one stdout line, or None (what the flow uses to read progress)."""
-    if not line.startswith(PREFIX + " "):
-        return None
-    return json.loads(line[len(PREFIX) + 1 :])
+    """The event in one stdout line, or None (``tuning.protocol.parse_progress``)."""
+    return protocol.parse_progress(line)
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: filter a log on stdin

@@ -27,11 +27,9 @@ from typing import Any
 
 from tuning import config as tconfig
 from tuning import data as tdata
-from tuning import progress
+from tuning import progress, protocol
 
 FINGERPRINT_FILE = "kaiflow-run.json"
-COMPLETE_MARKER = "COMPLETE"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
@@ -56,7 +54,7 @@ class RunSpec:
 
 def check_output(output: Path) -> None:
     """Refuse to replace a folder that is not an earlier adapter (or empty)."""
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / COMPLETE_MARKER).exists())):
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / protocol.COMPLETE).exists())):
         raise tconfig.ConfigError(f"--output {output}: exists and is not a finished adapter folder; pass a new or empty path")
 
 
@@ -290,11 +288,11 @@ def write_output(spec: RunSpec, model: Any, metrics: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp))
-        missing = [name for name in ADAPTER_FILES if not (tmp / name).exists()]
+        missing = [name for name in protocol.ADAPTER_FILES if not (tmp / name).exists()]
         if missing:
             raise RuntimeError(f"peft wrote no {missing} in {tmp}")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-        (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        (tmp / protocol.METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=str))
+        (tmp / protocol.COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         publish(tmp, spec.output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
