@@ -2,7 +2,8 @@
 
 A process is started in its own session with output to a log file and a small JSON pidfile that
 records the PID, the command line and a marker; ``stop`` signals only a PID whose command line still
-carries that marker, so a recycled PID is never killed.
+carries that marker, so a recycled PID is never killed. Command lines and process states come from
+psutil.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -38,9 +40,9 @@ def start(cmd: list[str], *, log_path: Path, pidfile: Path, env: dict[str, str] 
 
 
 def _wait_exec(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Return once the child runs its own program. Between fork and the end of exec its
-    ``/proc/PID/cmdline`` is the parent's or empty, and :func:`alive` would call it dead (seen under
-    load: a worker started twice, a healthy server reported as exited)."""
+    """Return once the child runs its own program. Between fork and the end of exec its command
+    line is the parent's or empty, and :func:`alive` would call it dead (seen under load: a worker
+    started twice, a healthy server reported as exited)."""
     parent = _cmdline(os.getpid())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -51,45 +53,71 @@ def _wait_exec(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def _cmdline(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces; "" when it is gone or unreadable."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
-def alive(pid: int | None, marker: str = "") -> bool:
+def _running(pid: int | None, marker: str) -> psutil.Process | None:
+    """The process ``pid`` if it runs (a zombie does not) a command line that carries ``marker``."""
     if not pid:
-        return False
-    line = _cmdline(pid)
-    if not line:
-        return False
+        return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if stat[0] == "Z":
-            return False
-    except OSError:
+        proc = psutil.Process(pid)
+        line = " ".join(proc.cmdline())
+        if not line or marker not in line or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:  # gone, a zombie, or not ours to read
+        return None
+    return proc
+
+
+def _still_running(proc: psutil.Process) -> bool:
+    """``proc`` (the very process, not a later one with its PID) has not exited."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return marker in line
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _still_running(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal_group(proc: psutil.Process, sig: signal.Signals) -> None:
+    """``sig`` to the process group ``proc`` leads (``start`` makes one per process), else to ``proc``."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def alive(pid: int | None, marker: str = "") -> bool:
+    """``pid`` runs, is not a zombie, and its command line carries ``marker``."""
+    return _running(pid, marker) is not None
 
 
 def stop(pid: int | None, marker: str = "", timeout: float = 15.0) -> bool:
     """Stop ``pid`` (and its process group) if it still runs ``marker``; True if it was running."""
-    if not alive(pid, marker):
+    proc = _running(pid, marker)
+    if proc is None:
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + timeout
-    while time.time() < deadline and alive(pid, marker):
-        time.sleep(0.2)
-    if alive(pid, marker):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal_group(proc, signal.SIGTERM)
+    if not _wait_gone(proc, timeout):
+        _signal_group(proc, signal.SIGKILL)
+        _wait_gone(proc, 5.0)
     try:  # reap if it is our child
-        os.waitpid(pid, os.WNOHANG)
+        os.waitpid(proc.pid, os.WNOHANG)
     except ChildProcessError:
         pass
     return True
