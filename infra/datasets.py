@@ -36,7 +36,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,18 +43,17 @@ from typing import Any
 
 import httpx
 
-from infra import registry
+from infra import registry, retry
 from workspace import errors
+from workspace import settings as settings_mod
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = ".kaiflow-dataset.json"
 FORMATS = ("parquet", "jsonl", "json", "csv", "arrow")
-DEFAULT_MAX_BYTES = 50 << 30
 CHUNK = 1 << 20
 SNIFF = 8192
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,19 +142,19 @@ class Fingerprint:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(retry.Policy):
+    """The in-call policy (:mod:`infra.retry`, layer 1) of one download, plus its read timeout."""
+
     attempts: int = 5
     backoff_s: float = 0.5
     max_backoff_s: float = 15.0
     timeout_s: float = 60.0
 
     @classmethod
-    def from_env(cls) -> "RetryPolicy":
-        return cls(attempts=int(os.environ.get("KAIFLOW_DATASET_ATTEMPTS", 5)),
-                   backoff_s=float(os.environ.get("KAIFLOW_DATASET_BACKOFF_S", 0.5)))
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+    def from_settings(cls, s: settings_mod.Settings | None = None) -> "RetryPolicy":
+        """``KAIFLOW_DATASET_ATTEMPTS`` and ``KAIFLOW_DATASET_BACKOFF_S``."""
+        s = s or settings_mod.load()
+        return cls(attempts=s.dataset_attempts, backoff_s=s.dataset_backoff_s)
 
 
 def content_digest(files: Iterable[FileRecord]) -> str:
@@ -182,20 +180,22 @@ def pull(source: Any, dest_dir: Path | str, *, allow_private: bool | None = None
     """Bring the dataset of ``source`` into ``dest_dir``; returns its fingerprint.
 
     ``allow_private`` None reads ``KAIFLOW_ALLOW_PRIVATE_URLS``; ``max_bytes`` None reads
-    ``KAIFLOW_MAX_DATASET_BYTES`` (default 50 GiB). Files of an earlier pull into the same folder
-    that the source no longer has are removed, so the folder holds exactly this dataset.
+    ``KAIFLOW_MAX_DATASET_BYTES`` (default 50 GiB); ``retry`` None reads ``KAIFLOW_DATASET_ATTEMPTS``
+    and ``KAIFLOW_DATASET_BACKOFF_S``. Files of an earlier pull into the same folder that the source
+    no longer has are removed, so the folder holds exactly this dataset.
     """
     src = Source.parse(source)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
+    s = settings_mod.load()
     if allow_private is None:
-        allow_private = os.environ.get("KAIFLOW_ALLOW_PRIVATE_URLS", "").strip().lower() in _TRUE
+        allow_private = s.allow_private_urls
     if max_bytes is None:
-        max_bytes = int(os.environ.get("KAIFLOW_MAX_DATASET_BYTES", DEFAULT_MAX_BYTES))
+        max_bytes = s.max_dataset_bytes
     previous = _load_record(dest)
     budget = _Budget(max_bytes)
     if src.urls:
-        files, image_digest = _pull_urls(src.urls, dest, previous, allow_private, budget, retry or RetryPolicy.from_env()), None
+        files, image_digest = _pull_urls(src.urls, dest, previous, allow_private, budget, retry or RetryPolicy.from_settings(s)), None
     elif src.image:
         files, image_digest = _pull_image(src, dest, previous, budget, settings)
     elif src.volume:
@@ -267,7 +267,7 @@ def check_url(url: str, allow_private: bool) -> None:
         raise errors.DatasetError(f"cannot resolve the host of dataset URL {redact(url)} ({exc.strerror}): check the URL",
                                   transient=True) from exc
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         mapped = getattr(addr, "ipv4_mapped", None)
         addr = mapped or addr
         if not addr.is_global or addr.is_multicast:
@@ -304,23 +304,18 @@ class _Download:
         self.head = b""
 
     def run(self) -> FileRecord:
+        """The file, each attempt resuming where the last one stopped (``self.have``)."""
         self.part.unlink(missing_ok=True)
         try:
-            for attempt in range(1, self.retry.attempts + 1):
-                try:
-                    return self._attempt()
-                except _Retry as exc:
-                    if attempt == self.retry.attempts:
-                        raise errors.DatasetError(
-                            f"could not download {redact(self.url)} after {attempt} attempts: {exc}; "
-                            "check that the server is up and the URL is right, then retry", transient=True) from None
-                    delay = self.retry.delay(attempt)
-                    log.warning("dataset %s: %s (attempt %d/%d), retrying in %.1fs",
-                                redact(self.url), exc, attempt, self.retry.attempts, delay)
-                    time.sleep(delay)
-            raise AssertionError("unreachable")
+            return self.retry.call(self._attempt, retry_on=_Retry, what=f"dataset {redact(self.url)}", log=log,
+                                   give_up=self._gave_up)
         finally:
             self.part.unlink(missing_ok=True)
+
+    def _gave_up(self, exc: BaseException, attempts: int) -> errors.DatasetError:
+        return errors.DatasetError(
+            f"could not download {redact(self.url)} after {attempts} attempts: {exc}; "
+            "check that the server is up and the URL is right, then retry", transient=True)
 
     # one attempt -------------------------------------------------------------------------
     def _attempt(self) -> FileRecord:

@@ -10,22 +10,21 @@ pulls, verifies and pushes the same way the flow does on one machine. ``push-ada
 (``/dev/termination-log``, or ``KAIFLOW_TERMINATION_LOG``): the flow reads the pushed digest from
 the pod's status, with no shared volume. Registry credentials come from mounted docker-config
 secrets (``imagePushSecret``/``imagePullSecrets``), the first one with an entry for the image's
-registry winning. Exit codes: 0 done, 2 bad input or a failed transfer (one ``error:`` line).
+registry winning. Exit codes and the ``error:`` line as the tuning program's (``tuning.protocol``):
+0 done, 2 bad input or a failed transfer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from infra import datasets, registry
-from workspace import errors
-
-TERMINATION_LOG = "/dev/termination-log"
+from tuning import protocol
+from workspace import errors, settings
 
 
 def _credentials(reference: str, docker_configs: list[str]) -> registry.Credentials | None:
@@ -58,7 +57,7 @@ def push_adapter(args: argparse.Namespace) -> dict:
         pinned = registry.push_adapter(adapter, args.image, model_name=args.model,
                                        credentials=_credentials(args.image, args.docker_config))
         result = {"reference": pinned, "digest": pinned.rsplit("@", 1)[1]}
-    Path(os.environ.get("KAIFLOW_TERMINATION_LOG", TERMINATION_LOG)).write_text(json.dumps(result))
+    settings.load().termination_log.write_text(json.dumps(result))
     return result
 
 
@@ -101,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = COMMANDS[args.command](args)
     except errors.KaiflowError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        print(protocol.error_line(str(exc)), file=sys.stderr, flush=True)
+        return protocol.EXIT_BAD_INPUT
     print(json.dumps(result), flush=True)
-    return 0
+    return protocol.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ The build takes well under a second and is cached under ``$KAIFLOW_HOME/models/t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from presets import home as home_setting
 
 NAME = "tiny-phi-3"
 BUILD_VERSION = "2"
@@ -57,12 +58,11 @@ The model answers questions, writes poems, explains science and translates betwe
 """
 
 
-def home() -> Path:
-    return Path(os.environ.get("KAIFLOW_HOME") or Path.home() / ".kaiflow")
-
-
-def default_path() -> Path:
-    return home() / "models" / f"{NAME}-v{BUILD_VERSION}"
+def default_path(home: Path | None = None) -> Path:
+    """Where the build is cached: ``HOME/models/tiny-phi-3-vN``; ``home`` defaults to ``KAIFLOW_HOME``."""
+    if home is None:
+        home = home_setting.home_dir()
+    return Path(home) / "models" / f"{NAME}-v{BUILD_VERSION}"
 
 
 def _train_tokenizer():
@@ -123,9 +123,10 @@ def build(dest: Path) -> Path:
     return dest
 
 
-def ensure(path: Path | None = None) -> Path:
-    """Return the cached tiny model directory, building it (atomically) if it is missing."""
-    path = Path(path) if path else default_path()
+def ensure(path: Path | None = None, *, home: Path | None = None) -> Path:
+    """Return the cached tiny model directory (``path``, else under ``home``, else under
+    ``KAIFLOW_HOME``), building it (atomically) if it is missing."""
+    path = Path(path) if path else default_path(home)
     if (path / "kaiflow-tiny.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

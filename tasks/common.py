@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from workspace import errors
+from workspace import errors, settings
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -22,7 +21,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def task_options(retries: int = 3) -> dict[str, Any]:
-    backoff = float(os.environ.get("KAIFLOW_RETRY_BACKOFF_S", "1"))
+    backoff = settings.load().retry_backoff_s
     return dict(
         retries=retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=backoff),

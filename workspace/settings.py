@@ -1,4 +1,10 @@
-"""kaiflow's settings, from ``KAIFLOW_*`` environment variables (pydantic-settings)."""
+"""kaiflow's settings, from ``KAIFLOW_*`` environment variables (pydantic-settings).
+
+Every ``KAIFLOW_*`` variable is a field here (the README's settings table lists them); nothing else
+reads them from the environment. ``load()`` reads the environment again on each call, so a test
+that sets a variable sees it at once. ``home`` (``KAIFLOW_HOME``) is inherited from
+``presets.home.HomeSettings``, because the tuning and serving programs need it below this layer.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,21 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from presets.home import HomeSettings
 
 
-class Settings(BaseSettings):
+class Settings(HomeSettings):
     model_config = SettingsConfigDict(env_prefix="KAIFLOW_", extra="ignore")
 
     platform: Literal["local", "kubernetes", "aks"] = Field("local", description="Where the work runs.")
-    home: Path = Field(Path("~/.kaiflow"), description="Where the local platform keeps its state.")
+    # home: KAIFLOW_HOME, from HomeSettings
     allow_private_urls: bool = Field(False, description="Allow dataset URLs on loopback/private addresses.")
+    dataset_attempts: int = Field(5, ge=1, description="Tries of one dataset download (resumed with Range) before the pull step fails.")
+    dataset_backoff_s: float = Field(0.5, ge=0, description="First wait between dataset download tries (doubling, at most 15 s).")
+    max_dataset_bytes: int = Field(50 << 30, gt=0, description="Largest dataset a pull accepts, all files together (bytes).")
+    retry_backoff_s: float = Field(1.0, ge=0, description="Backoff factor of Prefect task retries of transient faults (seconds).")
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="Inference engine for local serving.")
     serve_host: str = Field("127.0.0.1", description="Address local inference servers listen on.")
     health_timeout_s: float = Field(600.0, description="How long to wait for a new inference server to be healthy.")
@@ -37,6 +49,10 @@ class Settings(BaseSettings):
         "karpenter", description="Where GPU nodes come from on Kubernetes: Karpenter NodeClaims, your own labelled nodes, or AKS agent pools.")
     image: str = Field("ghcr.io/kaiflow/kaiflow:0.1.0", description="Container image holding the tuning and serving programs.")
     kube_wait_timeout_s: float = Field(1800.0, description="How long to wait for nodes, Jobs and StatefulSets on Kubernetes.")
+    kube_request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Kubernetes API request (seconds).")
+    kube_backoff_s: float = Field(0.2, ge=0, description="First wait between tries of a Kubernetes API request that hit a transient fault.")
+    termination_log: Path = Field(
+        Path("/dev/termination-log"), description="Where the in-pod steps (python -m infra.pod) write their result for the flow to read.")
 
     # --- AKS agent pools (issue 8) ---
     azure_subscription_id: str | None = Field(None, description="Azure subscription of the AKS cluster (provisioner aks).")
@@ -64,11 +80,6 @@ class Settings(BaseSettings):
     gpu_quota: str = Field("", description="GPU quota per SKU for the gpu-<sku> concurrency limits, in nodes: 'Standard_NC6s_v3=2,local=1'.")
     gpu_default_limit: int = Field(1, ge=0, description="gpu-<sku> limit for SKUs not named in KAIFLOW_GPU_QUOTA.")
     gpu_wait_s: float = Field(21600.0, gt=0, description="How long a run waits for a GPU or workspace slot before failing (seconds).")
-
-
-    @property
-    def home_dir(self) -> Path:
-        return self.home.expanduser()
 
 
 def load() -> Settings:

@@ -9,21 +9,25 @@ Why one generic helper (``Kube.request``) instead of the typed APIs: the flow ha
 custom resources included, the same way (server-side apply, list by label, watch, delete); a table
 of kinds to paths keeps that uniform and still goes through the client's ``ApiClient`` (auth, TLS,
 proxies). Transient faults (429/5xx/409, timeouts, resets) are retried here a few times with
-backoff; what still fails is raised as a transient kaiflow error for the task's own retries.
+backoff (:mod:`infra.retry`, layer 1; ``KAIFLOW_KUBE_BACKOFF_S``); what still fails is raised as a
+transient kaiflow error for the task's own retries (layer 2).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra import retry
 from infra.kube import errors as kerrors
 from workspace import errors, spec
+
+log = logging.getLogger(__name__)
 
 # (apiVersion, kind) -> (plural, namespaced)
 RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
@@ -80,6 +84,11 @@ class Kube:
     attempts: int = 4
     backoff_s: float = 0.2
     timeout_s: float = 30.0
+    max_backoff_s: float = 5.0
+
+    @property
+    def policy(self) -> retry.Policy:
+        return retry.Policy(attempts=self.attempts, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
 
     def namespace_for(self, ws: spec.Workspace) -> str:
         return ws.metadata.namespace or self.default_namespace
@@ -89,8 +98,8 @@ class Kube:
                 timeout: float | None = None, raw: bool = False) -> Any:
         """One API call, retried on transient faults; returns the decoded JSON (or text when ``raw``)."""
         what = what or f"{method} {url}"
-        last: errors.KaiflowError | None = None
-        for attempt in range(self.attempts):
+
+        def once() -> Any:
             try:
                 resp = self._call(method, url, query, body, content_type, timeout)
                 data = resp.data.decode("utf-8", errors="replace")
@@ -99,12 +108,10 @@ class Kube:
                 mapped = _classify(exc, what, group, type_missing)
                 if mapped is None:
                     raise
-                if not mapped.transient:
-                    raise mapped from None
-                last = mapped
-                time.sleep(min(self.backoff_s * (2 ** attempt), 5.0))
-        assert last is not None
-        raise last
+                raise mapped from None  # a TransientError is tried again, anything else is final
+
+        return self.policy.call(once, retry_on=errors.TransientError, what=what, log=log,
+                                give_up=lambda last, _attempts: last)
 
     def stream(self, url: str, query: dict[str, Any], timeout_s: float) -> Iterator[dict]:
         """Watch events (``{"type", "object"}``) until the server ends the watch or ``timeout_s``."""
@@ -191,7 +198,5 @@ def connect(settings: Any) -> Kube:
             f"no Kubernetes configuration: {exc}; set KAIFLOW_KUBECONFIG (or KUBECONFIG) to a kubeconfig file, "
             "or run inside a cluster", reason="NoKubeconfig") from None
     cfg.retries = 0  # kaiflow retries (and classifies) faults itself
-    timeout = float(os.environ.get("KAIFLOW_KUBE_REQUEST_TIMEOUT_S", "30"))
-    backoff = float(os.environ.get("KAIFLOW_KUBE_BACKOFF_S", "0.2"))
     return Kube(api=client.ApiClient(cfg), default_namespace=settings.namespace or ns or "default",
-                timeout_s=timeout, backoff_s=backoff)
+                timeout_s=settings.kube_request_timeout_s, backoff_s=settings.kube_backoff_s)
