@@ -27,7 +27,7 @@ def main() -> None:
     os.environ.update(KAIFLOW_HOME=str(home), KAIFLOW_ALLOW_PRIVATE_URLS="true", KAIFLOW_ENGINE="transformers")
     os.environ.pop("PREFECT_API_URL", None)
     from flows import cli, demo, prefect_server
-    from infra import local_state
+    from infra import records
 
     demo.serve_data()
     prefect_server.ensure()
@@ -36,7 +36,7 @@ def main() -> None:
         t0 = time.perf_counter()
         assert cli.main(["apply", "--quiet", "-f", ws]) == 0
         first = time.perf_counter() - t0
-        run_id = local_state.load("tiny-tune-and-serve")["last_flow_run"]
+        run_id = records.load("tiny-tune-and-serve").last_flow_run
         task_sum, flow_time = asyncio.run(_times(run_id))
         t0 = time.perf_counter()
         assert cli.main(["apply", "--quiet", "-f", ws]) == 0

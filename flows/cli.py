@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from infra import platforms
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -36,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ap = sub.add_parser("apply", help="run the workspace flow for each workspace in the files")
     ap.add_argument("-f", "--filename", action="append", required=True)
-    ap.add_argument("--platform", choices=["local", "kubernetes", "aks"], help="default: $KAIFLOW_PLATFORM or local")
+    ap.add_argument("--platform", choices=platforms.NAMES, help="default: $KAIFLOW_PLATFORM or local")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     ap.add_argument("--via-server", action="store_true",
                     help="run the `workspace` deployment on the Prefect server (a worker runs it) instead of in-process; "
@@ -78,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--cron", required=True, help='five cron fields, e.g. "0 3 * * 0" (Sundays 03:00)')
     sc.add_argument("--timezone", help="IANA timezone, e.g. Europe/Berlin (default UTC)")
     sc.add_argument("-f", "--filename", action="append", help="workspace YAML (default: the spec kaiflow apply recorded)")
-    sc.add_argument("--platform", choices=["local", "kubernetes", "aks"], help="default: the worker's $KAIFLOW_PLATFORM")
+    sc.add_argument("--platform", choices=platforms.NAMES, help="default: the worker's $KAIFLOW_PLATFORM")
     return p
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from infra import local_process, local_state
+from infra import platforms, records
 from workspace import status
 from workspace.errors import KaiflowError
 
@@ -42,9 +42,12 @@ def cmd_apply(args) -> int:
 
     bundle = loader.load_files(args.filename)
     if getattr(args, "dry_run", False):  # the kubernetes objects, no cluster contacted
+        from infra import platforms
         from infra.kube import manifests
 
-        print(manifests.render(bundle.workspaces, bundle.config_maps, settings.load(), args.output), end="")
+        s = settings.load()
+        print(manifests.render(bundle.workspaces, bundle.config_maps, s, args.output,
+                               provisioner=platforms.provisioner_for(args.platform, s)), end="")
         return 0
     if getattr(args, "via_server", False) or settings.load().via_server:
         from flows import server
@@ -95,10 +98,10 @@ def _age(created: str | None) -> str:
     return f"{secs}s"
 
 
-def _require(name: str) -> dict:
-    record = local_state.load(name)
+def _require(name: str) -> records.WorkspaceRecord:
+    record = records.load(name)
     if record is None:
-        known = local_state.names()
+        known = records.names()
         raise KaiflowError(f"workspace '{name}' not found" + (f"; known: {', '.join(known)}" if known else "; none applied yet"))
     return record
 
@@ -106,8 +109,8 @@ def _require(name: str) -> dict:
 def cmd_get(args) -> int:
     from flows.cli import _table
 
-    rows, records = [], [_with_cluster(local_state.load(n)) for n in local_state.names()]
-    for r in records:
+    rows, views = [], [_view(rec) for n in records.names() if (rec := records.load(n))]
+    for r in views:
         if "error" in r.get("cluster", {}):
             print(f"note: {r['name']}: cluster not reachable, showing the local record: {r['cluster']['error']}",
                   file=sys.stderr)
@@ -116,7 +119,7 @@ def cmd_get(args) -> int:
                      status.condition_value(c, status.INFERENCE_READY), status.condition_value(c, status.WORKSPACE_READY),
                      _age(r.get("created"))])
     if args.output == "json":
-        print(json.dumps(records, indent=2))
+        print(json.dumps(views, indent=2))
     elif rows:
         print(_table(rows, ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "WORKSPACEREADY", "AGE"]))
     else:
@@ -124,17 +127,14 @@ def cmd_get(args) -> int:
     return 0
 
 
-def _with_cluster(record: dict) -> dict:
-    """Kubernetes/aks workspaces: instance, conditions and age as their Workspace CR has them."""
-    if record.get("platform", "local") == "local":
-        return record
-    from infra.kube import platform as kube_platform
-
-    return kube_platform.cluster_record(record)
+def _view(record: records.WorkspaceRecord) -> dict:
+    """The record as ``get``/``describe`` show it, refreshed by its platform (a cluster's Workspace
+    resource; the local server's liveness)."""
+    return platforms.get(record.platform).describe(record)
 
 
 def cmd_describe(args) -> int:
-    r = _with_cluster(_require(args.name))
+    r = _view(_require(args.name))
     server = r.get("server") or {}
     print(f"Name:          {r['name']}")
     print(f"Platform:      {r.get('platform', 'local')}")
@@ -147,8 +147,9 @@ def cmd_describe(args) -> int:
             print(f"Worker nodes:  {', '.join(c['worker_nodes'])}")
     print(f"Instance:      {r.get('instance', '-')}")
     print(f"Created:       {r.get('created')}")
+    running = r.get("server_running")
     print(f"Endpoint:      {r.get('endpoint') or '-'}"
-          + ("" if not server.get("pid") else (" (running)" if local_process.alive(server.get("pid"), "-m serving") else " (not running)")))
+          + ("" if running is None else (" (running)" if running else " (not running)")))
     if r.get("adapter_image"):
         print(f"Tuned image:   {r['adapter_image']}")
     for a in server.get("adapters", []):
@@ -168,23 +169,15 @@ def cmd_delete(args) -> int:
 
     record = _require(args.name)
     r = teardown.delete_workspace(args.name)  # on a cluster: its objects (NodeClaims, AKS pool) first
-    if record.get("platform", "local") != "local":
-        print(f"deleted on {record['platform']}: " + ", ".join(f"{k} {' '.join(v)}" for k, v in r["cluster"].items() if v))
+    if r["cluster"]:
+        print(f"deleted on {record.platform}: " + ", ".join(f"{k} {' '.join(v)}" for k, v in r["cluster"].items() if v))
     print(f"workspace {args.name} deleted" + (f" (server pid {r['server_pid']} stopped)" if r["server_stopped"] else ""))
     return 0
 
 
 def cmd_logs(args) -> int:
-    record = _require(args.name)
-    if record.get("platform", "local") != "local":  # the newest pod's log (server, or the tuning container)
-        from infra.kube import platform as kube_platform
-
-        sys.stdout.write(kube_platform.logs_record(record, "tuning" if args.tuning else "inference"))
-        return 0
-    path = local_state.workspace_dir(args.name) / ("tuning.log" if args.tuning else "server.log")
-    if not path.exists():
-        raise KaiflowError(f"no {'tuning' if args.tuning else 'server'} log for {args.name} yet")
-    sys.stdout.write(path.read_text(errors="replace"))
+    record = _require(args.name)  # local: its log files; a cluster: the newest pod's log
+    sys.stdout.write(platforms.get(record.platform).logs(record, "tuning" if args.tuning else "inference"))
     return 0
 
 
@@ -192,13 +185,13 @@ def cmd_chat(args) -> int:
     import httpx
 
     r = _require(args.name)
-    if not r.get("endpoint"):
+    if not r.endpoint:
         raise KaiflowError(f"workspace {args.name} has no endpoint (no inference, or not deployed yet)")
     try:
-        resp = httpx.post(f"{r['endpoint']}/chat", json={"messages": [{"role": "user", "content": args.prompt}],
+        resp = httpx.post(f"{r.endpoint}/chat", json={"messages": [{"role": "user", "content": args.prompt}],
                                                        "generate_kwargs": {"max_length": args.max_tokens}}, timeout=120)
     except httpx.HTTPError as exc:
-        raise KaiflowError(f"endpoint {r['endpoint']} did not answer ({exc}); see `kaiflow describe workspace {args.name}`") from None
+        raise KaiflowError(f"endpoint {r.endpoint} did not answer ({exc}); see `kaiflow describe workspace {args.name}`") from None
     if resp.status_code != 200:
         raise KaiflowError(f"endpoint answered {resp.status_code}: {resp.text[:300]}")
     print(resp.json().get("Result", resp.text))

@@ -27,6 +27,7 @@ import contextvars
 from collections.abc import Iterator
 
 from workspace import settings, spec
+from workspace.plan import WorkspacePlan
 from workspace.errors import QuotaExceeded, SpecError, TransientError
 
 GPU_PREFIX = "gpu-"
@@ -149,21 +150,9 @@ def workspace_slot(name: str) -> Iterator[None]:
         yield
 
 
-def sku_of(workspace: spec.Workspace, platform: str) -> str:
-    """The SKU whose quota a workspace's GPU work counts against: ``local`` on the local platform."""
-    return "local" if platform == "local" else (workspace.instance_type or "local")
-
-
-def nodes_for(workspace: spec.Workspace, part: str, platform: str) -> int:
-    """Slots a part occupies: tuning one node; inference the plan's node count (else resource.count, else 1)."""
-    if part == "tuning":
-        return 1
-    from workspace import plan
-
-    try:
-        for p in plan.plan_workspace(workspace, platform).parts:
-            if p.part == "inference" and p.details.get("nodes"):
-                return int(p.details["nodes"])
-    except Exception:  # noqa: BLE001 - sizing problems are reported by provisioning, not here
-        pass
-    return (workspace.resource.count if workspace.resource and workspace.resource.count else 1)
+def nodes_for(plan: "WorkspacePlan", workspace: spec.Workspace) -> int:
+    """Slots inference occupies: the plan's node count (else resource.count, else 1); tuning takes one."""
+    for p in plan.parts:
+        if p.part == "inference" and p.details.get("nodes"):
+            return int(p.details["nodes"])
+    return workspace.resource.count if workspace.resource and workspace.resource.count else 1

@@ -62,9 +62,9 @@ def cmd_demo(args=None) -> int:
         return rc
     print("\n$ kaiflow get workspaces")
     cli.main(["get", "workspaces"])
-    from infra import local_state
+    from infra import records
 
-    endpoint = local_state.load("tiny-tune-and-serve")["endpoint"]
+    endpoint = records.load("tiny-tune-and-serve").endpoint
     pairs = [json.loads(line)["messages"] for line in (DATA / "qa.jsonl").read_text().splitlines() if line.strip()]
     print(f"\nAsking {endpoint} what the training data taught (POST /chat, then /v1/chat/completions):")
     right = 0

@@ -258,12 +258,12 @@ def _workspace_for_schedule(name: str, filenames: list[str] | None) -> tuple[spe
                 return ws, bundle.config_maps
         raise SpecError(f"no workspace named '{name}' in {', '.join(filenames)} "
                         f"(found: {', '.join(w.name for w in bundle.workspaces) or 'none'})")
-    from infra import local_state
+    from infra import records
 
-    record = local_state.load(name)
-    if not record or not record.get("spec"):
+    record = records.load(name)
+    if not record or not record.spec:
         raise KaiflowError(f"workspace '{name}' is not applied here: pass its file with -f FILE")
-    return spec.Workspace.model_validate(record["spec"]), {}
+    return spec.Workspace.model_validate(record.spec), {}
 
 
 def cmd_schedule(args) -> int:

@@ -33,7 +33,7 @@ Promotion rule ("not worse"), on the held-out rows:
     candidate loss ≤ serving loss × (1 + KAIFLOW_RETRAIN_TOLERANCE)
     and candidate exact-match ≥ serving exact-match (when the data has short reference answers)
 
-Record (``infra.local_state``): ``dataset_digest`` is the fingerprint of the data the serving adapter
+Record (``infra.records``): ``dataset_digest`` is the fingerprint of the data the serving adapter
 was trained on (moves only on promotion); ``retrain`` holds the last decision, so data that was
 already rejected is not tuned again. Every decision is an event and a markdown artifact
 (``<workspace>-retrain``).
@@ -45,10 +45,8 @@ inference nodes.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger
@@ -56,7 +54,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import concurrency
 from flows import workspace_flow as workspace_flow_module
-from infra import local_state, registry
+from infra import platforms, records
+from infra.platforms.base import Dataset, Platform, Tuned
 from tasks import dataset as dataset_task
 from tasks import deploy as deploy_task
 from tasks import evaluate as evaluate_task
@@ -64,11 +63,10 @@ from tasks import provision as provision_task
 from tasks import push as push_task
 from tasks import tune as tune_task
 from tasks.common import artifact_key
-from workspace import settings, spec
-from workspace.errors import KaiflowError, ProvisioningError, SpecError
+from workspace import configmaps, settings, spec
+from workspace.errors import KaiflowError, SpecError
 
 SERVING, CANDIDATE = "serving", "candidate"
-RETRAIN_CONFIG = "kaiflow-retrain-config"
 
 
 @dataclass
@@ -154,102 +152,51 @@ def decision_markdown(name: str, d: Decision, holdout: str | None) -> str:
 # ---------------------------------------------------------------- steps
 
 
-def _trained_on_same_data(record: dict, workspace: spec.Workspace, config_maps: dict, digest: str) -> bool:
+def _trained_on_same_data(record: records.WorkspaceRecord, workspace: spec.Workspace, config_maps: dict, digest: str) -> bool:
     """Was the serving adapter trained on data with this fingerprint?"""
-    if record.get("dataset_digest"):
-        return record["dataset_digest"] == digest
+    if record.dataset_digest:
+        return record.dataset_digest == digest
     # a record from before dataset_digest was stored: rebuild apply's cache key with this data
-    from tuning import config as tuning_config
-
-    t = workspace.tuning
-    resolved = tuning_config.resolve(tune_task.training_config(workspace, config_maps), model=t.preset.name, method=t.method)
-    return tune_task.cache_key(digest, resolved, t.preset.name, t.method) == record.get("tuning_cache_key")
-
-
-def _serving_adapter_dir(name: str, record: dict, workspace: spec.Workspace) -> str:
-    """A local folder holding the adapter the workspace serves (its image), pulled if need be."""
-    image = record["adapter_image"]
-    digest = image.rsplit("@", 1)[-1]
-    for a in (record.get("server") or {}).get("adapters", []):
-        if a.get("digest") == digest and (Path(a["dir"]) / "adapter_config.json").exists():
-            return a["dir"]
-    target = local_state.workspace_dir(name) / "retrain" / digest.replace(":", "-")[:24]
-    if not (target / "adapter_config.json").exists():
-        tmp = target.with_name(target.name + ".pulling")
-        shutil.rmtree(tmp, ignore_errors=True)
-        registry.pull(image, tmp, credentials=push_task.credentials_for(workspace.tuning.output.image_push_secret))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    return str(target)
+    return tune_task.key_for(workspace, digest, config_maps) == record.tuning_cache_key
 
 
 def _first_run(workspace: spec.Workspace, config_maps: dict, platform: str) -> Decision:
     applied = workspace_flow_module.workspace_flow(workspace=workspace, config_maps=config_maps, platform=platform)
     digest = applied["tuning"]["dataset_digest"]
-    local_state.update(workspace.name, dataset_digest=digest)
+    records.update(workspace.name, dataset_digest=digest)
     return Decision("FirstRun", "no serving adapter yet: tuned, pushed and deployed as `kaiflow apply` does",
                     digest, promoted=True, image=applied["image"]["reference"])
 
 
-def _tune_and_compare(workspace: spec.Workspace, config_maps: dict, data: dict, record: dict,
-                      platform: str) -> tuple[dict, dict, str]:
-    """Tune the candidate (holding rows out) and score it against the serving adapter."""
-    if platform != "local":
-        return _tune_and_compare_on_cluster(workspace, config_maps, data, record, platform)
-    s = settings.load()
-    raw = tune_task.training_config(workspace, config_maps)
-    sections, holdout = candidate_config(raw, s.retrain_holdout)
-    cm_name = workspace.tuning.config or RETRAIN_CONFIG
+def _candidate(workspace: spec.Workspace, config_maps: dict) -> tuple[spec.Workspace, dict, str]:
+    """The candidate workspace (its training config with held-out rows, in a ConfigMap of its own),
+    its config maps, and how the held-out rows were chosen."""
+    sections, holdout = candidate_config(configmaps.training_config(workspace, config_maps), settings.load().retrain_holdout)
+    cm_name = configmaps.retrain_config_name(workspace.name)
     maps = {**config_maps, cm_name: {"training_config.yaml": yaml.safe_dump(sections)}}
     candidate_ws = workspace.model_copy(update={"tuning": workspace.tuning.model_copy(update={"config": cm_name})})
-    with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"retrain of {workspace.name}"):
-        tuned = tune_task.tune(candidate_ws, data, maps)
-        serving_dir = _serving_adapter_dir(workspace.name, record, workspace)
-        scores = evaluate_task.evaluate(workspace, data["dir"], sections,
-                                        {SERVING: serving_dir, CANDIDATE: tuned["adapter_dir"]})
-    return tuned, scores, holdout
+    return candidate_ws, maps, holdout
 
 
-def _tune_and_compare_on_cluster(workspace: spec.Workspace, config_maps: dict, data: dict, record: dict,
-                                 platform: str) -> tuple[dict, dict, str]:
-    """The candidate tuning Job (pushing to a candidate tag) and the evaluation Job (module docstring)."""
-    from infra.kube import manifests
-
-    name, t = workspace.name, workspace.tuning
-    if not t.output.image:
-        raise SpecError(f"tuning.output.image: retraining {name} on {platform} pushes the candidate beside the output "
-                        "image and moves its tag on promotion; tuning.output.volumeSource cannot be retrained with "
-                        "an evaluation gate (use `kaiflow apply`)")
-    if not data.get("verified", True):
-        raise ProvisioningError(f"retrain {name}: the flow could not read tuning.input, so it cannot tell whether the "
-                                "data changed since the serving adapter was trained; make the data reachable from "
-                                "where the flow runs", reason="DatasetNotVerified")
-    s = settings.load()
-    sections, holdout = candidate_config(tune_task.training_config(workspace, config_maps), s.retrain_holdout)
-    cm_name = manifests.retrain_config_name(name)
-    maps = {**config_maps, cm_name: {"training_config.yaml": yaml.safe_dump(sections)}}
-    candidate_ws = workspace.model_copy(update={"tuning": t.model_copy(update={"config": cm_name})})
-    with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"retrain of {name}"):
-        tuned = tune_task.tune(candidate_ws, data, maps, platform, candidate=True)
-        scores = evaluate_task.evaluate_images(candidate_ws, {SERVING: record["adapter_image"], CANDIDATE: tuned["reference"]},
-                                               maps, tuned["cache_key"], platform)
-    return tuned, scores, holdout
+def _tune_and_compare(where: Platform, workspace: spec.Workspace, config_maps: dict, data: Dataset,
+                      record: records.WorkspaceRecord) -> tuple[Tuned, dict, str]:
+    """Tune the candidate (holding rows out) and score it against the serving adapter."""
+    candidate_ws, maps, holdout = _candidate(workspace, config_maps)
+    with concurrency.gpu_slots(where.sku(workspace), 1, f"retrain of {workspace.name}"):
+        tuned = tune_task.tune(candidate_ws, data, maps, where.name, candidate=True)
+        scores = evaluate_task.evaluate(candidate_ws, data, maps, str(record.adapter_image), tuned, where.name)
+    return tuned, scores.model_dump(), holdout
 
 
-def _promote(workspace: spec.Workspace, config_maps: dict, tuned: dict, data: dict, platform: str) -> str:
+def _promote(where: Platform, workspace: spec.Workspace, config_maps: dict, tuned: Tuned, data: Dataset) -> str:
     name = workspace.name
-    if platform == "local":
-        image = push_task.push_adapter(workspace, tuned["adapter_dir"])
-    else:  # the candidate is in the registry already: move the output tag to its digest
-        from infra.kube import platform as kube_platform
-
-        image = kube_platform.promote_candidate(workspace, tuned["reference"])
-    local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"], dataset_digest=data["digest"])
+    image = push_task.promote(workspace, tuned, where.name)
+    records.update(name, adapter_image=image.reference, tuning_cache_key=tuned.cache_key, dataset_digest=data.digest)
     if workspace.inference:
-        nodes = concurrency.nodes_for(workspace, "inference", platform)
-        with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), nodes, f"inference of {name}"):
-            deploy_task.deploy(workspace, image, config_maps, platform)
-    return image["reference"]
+        nodes = concurrency.nodes_for(where.plan(workspace), workspace)
+        with concurrency.gpu_slots(where.sku(workspace), nodes, f"inference of {name}"):
+            deploy_task.deploy(workspace, image, config_maps, where.name)
+    return image.reference
 
 
 def _record(name: str, d: Decision, holdout: str | None) -> None:
@@ -257,39 +204,39 @@ def _record(name: str, d: Decision, holdout: str | None) -> None:
     if d.scores:
         summary["scores"] = {n: {k: a[k] for k in ("loss", "exact_match")} for n, a in d.scores["adapters"].items()}
         summary["rows"] = d.scores["rows"]
-    local_state.update(name, retrain=summary)
-    local_state.add_event(name, f"Retrain{d.outcome}", d.reason, kind="Normal")
+    records.update(name, retrain=summary)
+    records.add_event(name, f"Retrain{d.outcome}", d.reason, kind="Normal")
     create_markdown_artifact(decision_markdown(name, d, holdout), key=artifact_key(name, "retrain"),
                              description=f"retrain decision for workspace {name}: {d.outcome}")
 
 
-def _retrain(workspace: spec.Workspace, config_maps: dict, platform: str) -> Decision:
+def _retrain(workspace: spec.Workspace, config_maps: dict, where: Platform) -> Decision:
     log = get_run_logger()
     name = workspace.name
-    record = local_state.load(name) or {}
-    if not record.get("adapter_image"):
-        d = _first_run(workspace, config_maps, platform)
+    record = records.load(name) or records.WorkspaceRecord(name=name)
+    if not record.adapter_image:
+        d = _first_run(workspace, config_maps, where.name)
         _record(name, d, None)
         return d
-    provision_task.provision(workspace, platform)
-    data = dataset_task.pull_dataset(workspace, platform)
-    last = record.get("retrain") or {}
+    provision_task.provision(workspace, where.name)
+    data = dataset_task.pull_dataset(workspace, where.name)
+    last = record.retrain or {}
     holdout = None
-    if _trained_on_same_data(record, workspace, config_maps, data["digest"]):
-        d = Decision("Unchanged", "dataset fingerprint unchanged since the serving adapter was trained: no tuning", data["digest"])
-    elif last.get("outcome") == "Rejected" and last.get("dataset_digest") == data["digest"]:
+    if _trained_on_same_data(record, workspace, config_maps, data.digest):
+        d = Decision("Unchanged", "dataset fingerprint unchanged since the serving adapter was trained: no tuning", data.digest)
+    elif last.get("outcome") == "Rejected" and last.get("dataset_digest") == data.digest:
         d = Decision("Unchanged", "this data was already evaluated and its candidate rejected: no tuning "
-                     f"(earlier: {last.get('reason', '')})", data["digest"])
+                     f"(earlier: {last.get('reason', '')})", data.digest)
     else:
-        log.info("dataset changed (%s): tuning a candidate", data["digest"][:19])
-        tuned, scores, holdout = _tune_and_compare(workspace, config_maps, data, record, platform)
+        log.info("dataset changed (%s): tuning a candidate", data.digest[:19])
+        tuned, scores, holdout = _tune_and_compare(where, workspace, config_maps, data, record)
         promote, why = verdict(scores, settings.load().retrain_tolerance)
         if promote:
-            image = _promote(workspace, config_maps, tuned, data, platform)
-            d = Decision("Promoted", why, data["digest"], promoted=True, scores=scores, image=image)
+            image = _promote(where, workspace, config_maps, tuned, data)
+            d = Decision("Promoted", why, data.digest, promoted=True, scores=scores, image=image)
         else:
-            kept = f" (the candidate stays at {tuned['reference']})" if platform != "local" else ""
-            d = Decision("Rejected", why + "; the endpoint and image tag were left alone" + kept, data["digest"],
+            kept = f" (the candidate stays at {tuned.reference})" if tuned.reference else ""
+            d = Decision("Rejected", why + "; the endpoint and image tag were left alone" + kept, data.digest,
                          scores=scores)
     log.info("retrain %s: %s: %s", name, d.outcome, d.reason)
     _record(name, d, holdout)
@@ -304,16 +251,16 @@ def retrain_flow(
 ) -> dict:
     """Retrain a workspace's adapter if its data changed; promote it only if it is not worse."""
     config_maps = config_maps or {}
-    platform = platform or settings.load().platform
+    where = platforms.get(platform)
     name = workspace.name
     if workspace.tuning is None:
         raise SpecError(f"retrain {name}: the workspace has no tuning section; retraining needs tuning.input and tuning.output")
     with concurrency.workspace_slot(name):
         held_from = time.time()
         try:
-            d = _retrain(workspace, config_maps, platform)
+            d = _retrain(workspace, config_maps, where)
         except KaiflowError as exc:
-            local_state.add_event(name, "RetrainFailed", str(exc), kind="Warning")
+            records.add_event(name, "RetrainFailed", str(exc), kind="Warning")
             raise
         held_to = time.time()
     return {"name": name, **asdict(d), "slot_held": [held_from, held_to]}

@@ -7,7 +7,7 @@ the user a name they typed does not exist.
 
 On ``kubernetes``/``aks`` it first deletes what the workspace created on the cluster (StatefulSet,
 Services, Jobs, ConfigMaps, NodeClaims, the Workspace resource; the AKS agent pool) through
-``infra.kube.platform``; the local record is removed only after that succeeded, so a failed
+its platform (``infra.platforms``); the local record is removed only after that succeeded, so a failed
 teardown can be run again.
 """
 
@@ -15,31 +15,22 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from infra import local_process, local_state
-
-SERVING_MARKER = "-m serving"
+from infra import platforms, records
 
 
 def delete_workspace(name: str) -> dict:
-    """Stop the workspace's local inference server (if it runs) and remove its record.
+    """Stop what the workspace runs (through the platform it ran on) and remove its record.
 
     Returns ``{"name", "deleted", "server_pid", "server_stopped", "cluster"}``; ``deleted`` is False
     when no workspace of that name was known; ``cluster`` lists what was deleted on a cluster by kind.
     """
-    record = local_state.load(name)
+    record = records.load(name)
     if record is None:
         return {"name": name, "deleted": False, "server_pid": None, "server_stopped": False, "cluster": {}}
-    cluster: dict[str, list[str]] = {}
-    stopped = False
-    server = record.get("server") or {}
-    if record.get("platform", "local") == "local":
-        stopped = local_process.stop(server.get("pid"), SERVING_MARKER)
-    else:  # cluster objects (NodeClaims, the AKS pool) go before the record does
-        from infra.kube import platform as kube_platform
-
-        cluster = kube_platform.teardown_record(record)
-    local_state.remove(name)
-    return {"name": name, "deleted": True, "server_pid": server.get("pid"), "server_stopped": stopped, "cluster": cluster}
+    gone = platforms.get(record.platform).teardown(record)  # cluster objects (NodeClaims, the AKS pool) go first
+    records.remove(name)
+    return {"name": name, "deleted": True, "server_pid": record.server.pid if record.server else None,
+            "server_stopped": gone.server_stopped, "cluster": gone.cluster}
 
 
 @flow(name="teardown", flow_run_name="teardown-{name}", log_prints=True, persist_result=False)

@@ -19,33 +19,25 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from flows import concurrency
-from infra import local_state
+from infra import platforms, records
 from tasks import dataset as dataset_task
 from tasks import deploy as deploy_task
 from tasks import provision as provision_task
 from tasks import push as push_task
 from tasks import tune as tune_task
 from tasks.common import artifact_key
-from workspace import settings, spec, status
+from workspace import spec, status
 from workspace.errors import KaiflowError
 
 
 def _status_table(name: str) -> None:
-    record = local_state.load(name) or {}
+    record = records.load(name) or records.WorkspaceRecord(name=name)
     rows = [{"condition": c["type"], "status": c["status"], "reason": c.get("reason", ""), "message": c.get("message", "")}
-            for c in record.get("conditions", [])]
-    rows.append({"condition": "endpoint", "status": record.get("endpoint") or "-", "reason": "", "message": ""})
-    for a in (record.get("server") or {}).get("adapters", []):
-        rows.append({"condition": f"adapter {a['name']}", "status": a["digest"][:19], "reason": "", "message": a.get("image", "")})
+            for c in record.conditions]
+    rows.append({"condition": "endpoint", "status": record.endpoint or "-", "reason": "", "message": ""})
+    for a in (record.server.adapters if record.server else []):
+        rows.append({"condition": f"adapter {a.name}", "status": a.digest[:19], "reason": "", "message": a.image})
     create_table_artifact(rows, key=artifact_key(name, "status"), description=f"status of workspace {name}")
-
-
-
-def _mirror_status(workspace: spec.Workspace) -> None:
-    """kubernetes/aks: the final conditions on the Workspace CR too, so `kubectl get workspace` shows them."""
-    from infra.kube import platform as kube_platform
-
-    kube_platform.write_status(workspace)
 
 
 @flow(name="workspace", flow_run_name="{workspace.metadata.name}", log_prints=True, persist_result=False)
@@ -57,43 +49,41 @@ def workspace_flow(
     """Apply a Kaito workspace: provision, pull data, tune, push the adapter image, deploy inference."""
     log = get_run_logger()
     config_maps = config_maps or {}
-    platform = platform or settings.load().platform
+    where = platforms.get(platform)
+    platform = where.name
     name = workspace.name
+    report = where.reporter(workspace)
+    sku = where.sku(workspace)
     slots = contextlib.ExitStack()  # overlapping runs of one workspace take turns (flows.concurrency)
     slots.enter_context(concurrency.workspace_slot(name))
-    local_state.update(name, spec=workspace.to_dict(), platform=platform, last_flow_run=str(flow_run.get_id() or ""),
-                       instance=workspace.instance_type or "local")
+    records.update(name, spec=workspace.to_dict(), platform=platform, last_flow_run=str(flow_run.get_id() or ""),
+                   instance=workspace.instance_type or "local")
     result: dict = {"name": name}
     try:
-        result["provision"] = provision_task.provision(workspace, platform)
+        result["provision"] = provision_task.provision(workspace, platform).model_dump()
+        image = None
         if workspace.tuning:
             data = dataset_task.pull_dataset(workspace, platform)
-            with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), 1, f"tuning of {name}"):
+            with concurrency.gpu_slots(sku, 1, f"tuning of {name}"):
                 tuned = tune_task.tune(workspace, data, config_maps, platform)
-            result["tuning"] = {**tuned, "dataset_digest": data["digest"]}
-            if platform == "local":
-                image = push_task.push_adapter(workspace, tuned["adapter_dir"])
-            else:  # the tuning pod pushed it; its digest came back in the pod's termination message
-                image = {"reference": tuned["reference"], "digest": tuned["digest"]}
-            result["image"] = image
-            local_state.update(name, adapter_image=image["reference"], tuning_cache_key=tuned["cache_key"],
-                               dataset_digest=data["digest"])
+            result["tuning"] = {**tuned.model_dump(), "dataset_digest": data.digest}
+            image = push_task.push_adapter(workspace, tuned, platform)
+            result["image"] = image.model_dump()
+            records.update(name, adapter_image=image.reference, tuning_cache_key=tuned.cache_key, dataset_digest=data.digest)
         if workspace.inference:
-            nodes = concurrency.nodes_for(workspace, "inference", platform)
-            with concurrency.gpu_slots(concurrency.sku_of(workspace, platform), nodes, f"inference of {name}"):
-                result["inference"] = deploy_task.deploy(workspace, result.get("image"), config_maps, platform)
-            local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
+            nodes = concurrency.nodes_for(where.plan(workspace), workspace)
+            with concurrency.gpu_slots(sku, nodes, f"inference of {name}"):
+                result["inference"] = deploy_task.deploy(workspace, image, config_maps, platform).model_dump()
+            report.condition(status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
         else:
-            local_state.set_condition(name, status.WORKSPACE_SUCCEEDED, True, "TuningSucceeded", f"adapter at {result['image']['reference']}")
-            local_state.set_condition(name, status.WORKSPACE_READY, True, "WorkspaceSucceeded", "tuning finished")
+            report.condition(status.WORKSPACE_SUCCEEDED, True, "TuningSucceeded", f"adapter at {result['image']['reference']}")
+            report.condition(status.WORKSPACE_READY, True, "WorkspaceSucceeded", "tuning finished")
     except KaiflowError as exc:
-        local_state.set_condition(name, status.WORKSPACE_READY, False, exc.reason, str(exc))
-        local_state.add_event(name, exc.reason, str(exc), kind="Warning")
+        report.condition(status.WORKSPACE_READY, False, exc.reason, str(exc))
+        report.event(exc.reason, str(exc), kind="Warning")
         log.error("workspace %s failed: %s", name, exc)
         raise
     finally:
         _status_table(name)
-        if platform != "local":
-            _mirror_status(workspace)
         slots.close()
     return result

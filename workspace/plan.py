@@ -83,13 +83,12 @@ def _cpu_part(part: str, model: presets.ModelPreset, sku: presets.Sku) -> PartPl
     return PartPlan(part, model.name, ok, f"CPU, {model.weights_gb:g} GB weights", {"device": "cpu"}, reason)
 
 
-def plan_workspace(ws: spec.Workspace, platform: str = LOCAL, *, on_host: bool | None = None) -> WorkspacePlan:
-    """Size ``ws``. ``on_host`` (default: platform is local) sizes it against this machine instead of
-    ``resource.instanceType``; an instanceType of ``local`` always means this machine."""
+def plan_workspace(ws: spec.Workspace, platform: str = LOCAL, *, on_host: bool = False) -> WorkspacePlan:
+    """Size ``ws``; ``platform`` only labels the plan. ``on_host`` sizes it against this machine
+    instead of ``resource.instanceType`` (the local platform asks for that); an instanceType of
+    ``local`` always means this machine."""
     instance = ws.instance_type or ""
     sku: presets.Sku | None = None
-    if on_host is None:
-        on_host = platform == LOCAL
     if on_host or instance == LOCAL:
         sku = host_sku()
     elif instance:

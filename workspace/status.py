@@ -15,6 +15,7 @@ failed re-apply still shows the endpoint that keeps serving.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Protocol
 
 from workspace import spec
 
@@ -23,6 +24,17 @@ JOB_STARTED = "JobStarted"
 INFERENCE_READY = "InferenceReady"
 WORKSPACE_READY = "WorkspaceReady"
 WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
+
+
+class Reporter(Protocol):
+    """Where a step reports progress: the one status sink a platform composes (the workspace's
+    record, plus the Workspace custom resource on a cluster; ``infra.records.RecordSink``)."""
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str = "") -> None:
+        """Set condition ``type_`` (True/False/None for Unknown) with a one-word reason."""
+
+    def event(self, reason: str, message: str, kind: str = "Normal") -> None:
+        """Append an event (``kind`` Normal or Warning) to what ``describe`` shows."""
 
 
 def now() -> str:

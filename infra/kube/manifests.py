@@ -547,16 +547,17 @@ def file_config_maps(ws: spec.Workspace, config_maps: dict[str, dict[str, str]],
 def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]] | None, settings: Any, *,
                 namespace: str | None = None, plan: plan_mod.WorkspacePlan | None = None,
                 cache_key: str | None = None, fresh_reference: str | None = None, owner: dict | None = None,
-                node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> list[dict]:
+                node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None,
+                provisioner: str | None = None) -> list[dict]:
     """Every object the flow applies for ``workspace``, in apply order: the Workspace CR, its
-    ConfigMaps, NodeClaims (provisioner karpenter), the tuning Job, the inference config,
-    StatefulSet and Services."""
+    ConfigMaps, NodeClaims (``provisioner`` karpenter; default ``settings.provisioner``), the tuning
+    Job, the inference config, StatefulSet and Services."""
     ws = workspace
     ns = namespace or ws.metadata.namespace or getattr(settings, "namespace", None) or "default"
     plan = plan or plan_mod.plan_workspace(ws, "kubernetes")
     image = settings.image
     objs = [workspace_cr(ws, ns), *file_config_maps(ws, config_maps or {}, ns, owner)]
-    if getattr(settings, "provisioner", "karpenter") == "karpenter" and getattr(settings, "platform", "kubernetes") != "aks":
+    if (provisioner or getattr(settings, "provisioner", "karpenter")) == "karpenter":
         objs += nodeclaims(ws, plan, ns)
     if ws.tuning:
         objs.append(tuning_job(ws, plan, ns, image, cache_key=cache_key, owner=owner, node_selector=node_selector,
@@ -571,10 +572,10 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
 
 
 def render(workspaces: list[spec.Workspace], config_maps: dict[str, dict[str, str]], settings: Any,
-           fmt: str = "yaml") -> str:
+           fmt: str = "yaml", provisioner: str | None = None) -> str:
     """What ``kaiflow apply --dry-run`` prints: every object of every workspace, multi-document YAML
     (or a JSON list). Owner references and the tuning cache key are known only at run time."""
-    objs = [o for ws in workspaces for o in objects_for(ws, config_maps, settings)]
+    objs = [o for ws in workspaces for o in objects_for(ws, config_maps, settings, provisioner=provisioner)]
     if fmt == "json":
         return json.dumps(objs, indent=2) + "\n"
     import yaml

@@ -57,13 +57,13 @@ def run_deployment(api: str, full_name: str, parameters: dict) -> httpx.Response
 def stack(prefect_api, tiny_model):
     env = {**os.environ, "KAIFLOW_ENGINE": "transformers", "KAIFLOW_WORKER_POLL_S": "2", "PREFECT_API_URL": prefect_api}
     from flows import server, teardown
-    from infra import local_state
+    from infra import records
 
     try:
         out = subprocess.run([KAIFLOW, "server"], env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr
         yield {"api": prefect_api, "env": env, "out": out.stdout}
     finally:  # delete what the runs started (their inference servers), then the worker — also when start failed
-        for name in local_state.names():
+        for name in records.names():
             teardown.delete_workspace(name)
         server.stop_worker()

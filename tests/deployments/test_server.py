@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from flows import deployments
-from infra import local_state
+from infra import records
 from tests.deployments.conftest import KAIFLOW, PREFECT, deployment, run_deployment, tiny_workspace, wait_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -41,13 +41,13 @@ def test_prefect_cli_deployment_run_completes_a_workspace_then_teardown(stack):
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
     run = wait_run(stack["api"], run_id)
     assert run["state_type"] == "COMPLETED", run["state"]
-    endpoint = local_state.load("tiny-cli")["endpoint"]
+    endpoint = records.load("tiny-cli").endpoint
     assert httpx.get(f"{endpoint}/health", timeout=10).status_code == 200
 
     r = run_deployment(stack["api"], "teardown/teardown", {"name": "tiny-cli"})
     assert r.status_code == 201, r.text
     assert wait_run(stack["api"], r.json()["id"])["state_type"] == "COMPLETED"
-    assert local_state.load("tiny-cli") is None
+    assert records.load("tiny-cli") is None
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{endpoint}/health", timeout=3)
 
@@ -75,7 +75,7 @@ def test_apply_via_server_prints_the_run_url_and_final_state_and_registers_the_a
     assert re.search(rf"{re.escape(stack['api'][:-4])}/runs/flow-run/[0-9a-f-]{{36}}", out.stdout), out.stdout
     assert "workspace tiny-via: Completed" in out.stdout
     assert "schedule retrain-tiny-via on retrain/retrain: 30 4 * * 1 (Asia/Tokyo)" in out.stdout
-    assert local_state.load("tiny-via")["endpoint"]
+    assert records.load("tiny-via").endpoint
     sched = {s["slug"]: s for s in deployment(stack["api"], "retrain/retrain")["schedules"]}["retrain-tiny-via"]
     assert sched["schedule"]["cron"] == "30 4 * * 1" and sched["schedule"]["timezone"] == "Asia/Tokyo"
     assert subprocess.run([KAIFLOW, "delete", "workspace", "tiny-via"], env=stack["env"], timeout=60).returncode == 0

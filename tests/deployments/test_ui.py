@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from flows import teardown
-from infra import local_state
+from infra import records
 from tests.deployments.conftest import deployment, tiny_workspace, wait_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -145,10 +145,10 @@ def test_custom_run_typed_into_the_form_completes(stack, page, tmp_path):
             assert run["parameters"]["workspace"]["resource"]["instanceType"] == "local"
             page.goto(f"{ui}/runs/flow-run/{run['id']}")
             expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
-        endpoint = local_state.load(name)["endpoint"]
+        endpoint = records.load(name).endpoint
         assert httpx.get(f"{endpoint}/health", timeout=10).status_code == 200
     finally:
-        if local_state.load(name):
+        if records.load(name):
             teardown.delete_workspace(name)
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from flows import concurrency, retrain
 from flows.workspace_flow import workspace_flow
-from infra import local_process, local_state
+from infra import local_process, records
 from tests.retrain.conftest import load_workspace, thread
 from tests.support.fileserver import write_qa_jsonl as write_rows
 from tuning import config as tconfig
@@ -58,7 +58,7 @@ def ask(endpoint: str, question: str) -> str:
 
 
 def tunings(name: str) -> int:
-    return sum(e["reason"] == "TuningStarted" for e in local_state.load(name)["events"])
+    return sum(e.reason == "TuningStarted" for e in records.load(name).events)
 
 
 def decision_artifact(name: str) -> str:
@@ -84,8 +84,8 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
     # apply: adapter A, served
     write_rows(data, P)
     workspace_flow(workspace=ws, config_maps=cms, platform="local")
-    rec = local_state.load(name)
-    endpoint, pid, image_a = rec["endpoint"], rec["server"]["pid"], rec["adapter_image"]
+    rec = records.load(name)
+    endpoint, pid, image_a = rec.endpoint, rec.server.pid, rec.adapter_image
     try:
         assert [ask(endpoint, q) for q, _ in P] == [a for _, a in P]
         assert ask(endpoint, N[0][0]) != N[0][1]
@@ -95,9 +95,9 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
         before = tunings(name)
         out = retrain.retrain_flow(workspace=ws, config_maps=cms, platform="local")
         assert out["outcome"] == "Unchanged" and not out["promoted"]
-        rec = local_state.load(name)
+        rec = records.load(name)
         assert tunings(name) == before and sorted(p.name for p in (settings.load().home_dir / "adapters").iterdir()) == adapters
-        assert rec["adapter_image"] == image_a and rec["server"]["pid"] == pid
+        assert rec.adapter_image == image_a and rec.server.pid == pid
         assert "**Unchanged**" in decision_artifact(name)
 
         # data that helps: promoted, rolled into the same server
@@ -107,11 +107,11 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
         cand, serv = out["scores"]["adapters"]["candidate"], out["scores"]["adapters"]["serving"]
         assert cand["exact_match"] >= serv["exact_match"] and cand["loss"] < serv["loss"]
         assert out["scores"]["rows"] == len(held)
-        rec = local_state.load(name)
-        image_b = rec["adapter_image"]
-        assert image_b != image_a and rec["server"]["pid"] == pid and rec["dataset_digest"] == out["dataset_digest"]
-        assert rec["events"][-1]["reason"] == "RetrainPromoted"
-        assert any(e["reason"] == "AdapterRolled" for e in rec["events"])
+        rec = records.load(name)
+        image_b = rec.adapter_image
+        assert image_b != image_a and rec.server.pid == pid and rec.dataset_digest == out["dataset_digest"]
+        assert rec.events[-1].reason == "RetrainPromoted"
+        assert any(e.reason == "AdapterRolled" for e in rec.events)
         served_b = {q: ask(endpoint, q) for q, _ in P + N}
         assert served_b[N[0][0]] == N[0][1]  # the served answer changed to what the new data taught
         assert "**Promoted**" in decision_artifact(name)
@@ -126,9 +126,9 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
         assert out["outcome"] == "Rejected", out["reason"]
         assert tunings(name) == before + 1  # a candidate was tuned, and thrown away
         assert "exact-match" in out["reason"] and "endpoint and image tag were left alone" in out["reason"]
-        rec = local_state.load(name)
-        assert rec["adapter_image"] == image_b and rec["server"]["pid"] == pid
-        assert rec["dataset_digest"] != out["dataset_digest"] and rec["events"][-1]["reason"] == "RetrainRejected"
+        rec = records.load(name)
+        assert rec.adapter_image == image_b and rec.server.pid == pid
+        assert rec.dataset_digest != out["dataset_digest"] and rec.events[-1].reason == "RetrainRejected"
         assert {q: ask(endpoint, q) for q, _ in P + N} == served_b
         md = decision_artifact(name)
         assert "**Rejected**" in md and "| exact-match |" in md and "held out by retrain" in md
@@ -137,7 +137,7 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
         out = retrain.retrain_flow(workspace=ws, config_maps=cms, platform="local")
         assert out["outcome"] == "Unchanged" and "already evaluated" in out["reason"] and tunings(name) == before + 1
     finally:
-        local_process.stop(local_state.load(name)["server"]["pid"], "-m serving")
+        local_process.stop(records.load(name).server.pid, "-m serving")
 
 
 def test_overlapping_retrains_of_one_workspace_take_turns(retrain_env):
@@ -162,5 +162,5 @@ def test_overlapping_retrains_of_one_workspace_take_turns(retrain_env):
     assert first["slot_held"][1] <= second["slot_held"][0]  # one after the other
     # the second saw what the first did: it found the adapter the first run made, and tuned nothing
     assert (first["outcome"], second["outcome"]) == ("FirstRun", "Unchanged")
-    assert local_state.load(name)["adapter_image"] == first["image"]
+    assert records.load(name).adapter_image == first["image"]
     assert concurrency.slot_state(concurrency.workspace_limit_name(name)) == {"limit": 1, "active_slots": 0}
