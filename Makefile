@@ -52,7 +52,10 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not e2e and not slow and not vllm" $(PYTEST_ARGS)
 
+# ruff (pyflakes, bugbear), mypy on the typed core (pyproject [tool.mypy]), import-linter's layers
 lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean:

@@ -99,7 +99,7 @@ def build(dest: Path) -> Path:
 
     tokenizer = _train_tokenizer()
     config = Phi3Config(
-        **CONFIG,
+        **CONFIG,  # type: ignore[arg-type]
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -136,7 +136,7 @@ def _path(loc: list[Any]) -> str:
     return s
 
 
-def _describe(err: dict[str, Any], loc: list[Any]) -> str:
+def _describe(err: Any, loc: list[Any]) -> str:
     kind = err["type"]
     value = err.get("input")
     if kind == "literal_error":

@@ -31,7 +31,9 @@ def get(name: str | None = None, settings: settings_mod.Settings | None = None) 
         from infra.platforms import kubernetes
 
         provisioner = provisioner_for(name, settings)
-        source: nodes.NodeSource = {"karpenter": nodes.Karpenter, "byo": nodes.OwnNodes, "aks": nodes.AksPools}[provisioner]()
+        sources: dict[str, type[nodes.NodeSource]] = {"karpenter": nodes.Karpenter, "byo": nodes.OwnNodes,
+                                                      "aks": nodes.AksPools}
+        source = sources[provisioner]()
         return kubernetes.KubernetesPlatform(name, source, settings)
     raise SpecError(f"platform '{name}' is not one of {', '.join(NAMES)} (KAIFLOW_PLATFORM or --platform)")
 

@@ -179,10 +179,10 @@ class LocalPlatform:
         model = ws.inference.preset.name
         wanted: list[records.ServedAdapter] = []
         for a in ws.effective_adapters():
-            ref = a.source.image
+            ref = str(a.source.image)
             if image and ws.tuning and ref == ws.tuning.output.image:
                 ref = image.reference
-            secret = (a.source.image_pull_secrets or [None])[0]
+            secret = a.source.image_pull_secrets[0] if a.source.image_pull_secrets else None
             try:
                 adir, digest = _pull_adapter(name, ref, secret)
             except RegistryError as exc:
@@ -238,7 +238,7 @@ def dataset_result(fp: Any, dest: Path, report: status.Reporter) -> Dataset:
     """A pulled dataset's fingerprint as the contract's ``Dataset``, logged and recorded."""
     import dataclasses
 
-    data = dataclasses.asdict(fp) if dataclasses.is_dataclass(fp) else dict(fp)
+    data = dataclasses.asdict(fp) if dataclasses.is_dataclass(fp) and not isinstance(fp, type) else dict(fp)
     digest = data["digest"]
     log.info("dataset %s: %d file(s), digest %s", dest, len(data.get("files", [])), digest[:19])
     report.event("DatasetPulled", f"digest {digest[:19]}")
