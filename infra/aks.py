@@ -2,8 +2,8 @@
 
 Kaito's gpu-provisioner creates one AKS agent pool per workspace; so does this module, through the
 official ``azure-mgmt-containerservice`` client (imported lazily: nothing here loads unless the
-provisioner is ``aks``). The kube platform calls :func:`ensure_agent_pool` in its provision step and
-then waits for the pool's Nodes itself (``infra.kube.platform.wait_for_gpu_nodes``) with the
+provisioner is ``aks``). The AKS node source (``infra.kube.nodes.AksPools``) calls :func:`ensure_agent_pool`
+and then waits for the pool's Nodes itself (``infra.kube.nodes.wait_for_gpu_nodes``) with the
 returned ``node_selector`` and ``count``; pods add :func:`extra_tolerations` (spot).
 
 The pool's shape, from the workspace and its plan (``workspace.plan.plan_workspace(ws, "aks")``):

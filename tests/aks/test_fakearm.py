@@ -100,18 +100,18 @@ def kube():
 
 
 def test_pool_nodes_appear_in_kube_and_go_with_the_pool(arm, kube, tmp_path, seed_workspace):
-    from infra.kube import platform
+    from infra.kube import client, nodes
 
     fakearm.attach_kube(arm, kube)
     settings = aks_settings(arm, aks_spot=True, kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig", namespace="default"))
     plan = plan_mod.plan_workspace(seed_workspace, "aks")
 
     pool = aks.ensure_agent_pool(seed_workspace, plan, settings, credential=StaticCredential())
-    nodes = platform.wait_for_gpu_nodes(platform.connect(settings), pool["node_selector"], pool["count"],
-                                        pool["gpu_per_node"], timeout=10)
+    ready = nodes.wait_for_gpu_nodes(client.connect(settings), pool["node_selector"], pool["count"],
+                                     pool["gpu_per_node"], timeout=10)
 
     assert arm.hook_errors == []
-    (node,) = nodes
+    (node,) = ready
     assert node["metadata"]["name"] == fakearm.node_names(arm.pools[pool["pool"]])[0]
     labels = node["metadata"]["labels"]
     for key, value in pool["node_selector"].items():

@@ -53,8 +53,7 @@ def _seed_with_local_inputs(data_url: str, image: str):
 @pytest.mark.e2e
 def test_seed_tuning_yaml_provisions_a_pool_and_tunes_on_it(aks_env, arm, prefect_api, tmp_path):
     from flows import workspace_flow
-    from infra import registry
-    from infra.kube import platform
+    from infra import platforms, records, registry
 
     test_registry.require_binaries()
     kube = aks_env
@@ -94,7 +93,7 @@ def test_seed_tuning_yaml_provisions_a_pool_and_tunes_on_it(aks_env, arm, prefec
         assert result["image"]["reference"].startswith(f"{reg.host}/phi-3-adapter@sha256:")
 
         # teardown removes the pool and its nodes
-        deleted = platform.teardown(ws, "aks")
+        deleted = platforms.get("aks").teardown(records.load(ws.name)).cluster
         assert deleted["AgentPool"] == [name]
         assert name not in arm.pools and kube.list("v1", "Node", labels={"kubernetes.azure.com/agentpool": name}) == []
     assert arm.hook_errors == []
@@ -102,17 +101,17 @@ def test_seed_tuning_yaml_provisions_a_pool_and_tunes_on_it(aks_env, arm, prefec
 
 def test_quota_lands_in_resource_ready_and_is_not_retried(aks_env, arm):
     """The provision step (no Prefect needed) writes the reason and message to ResourceReady."""
-    from infra import local_state
-    from infra.kube import platform
+    from infra import platforms, records
     from workspace import errors, status
 
     arm.fail("PUT", 0, "QuotaExceeded", "exceeding approved standardNCSv3Family Cores quota", at="operation")
     ws = _seed_with_local_inputs("http://127.0.0.1:9/unused.jsonl", "127.0.0.1:9/unused:0.0.1")
     with pytest.raises(errors.QuotaExceeded) as info:
-        platform.provision(ws, "aks")
+        aks_platform = platforms.get("aks")
+        aks_platform.provision(ws, aks_platform.reporter(ws))
     assert not errors.is_transient(info.value)
-    record = local_state.load(ws.name) or {}
-    conds = {c["type"]: c for c in record.get("conditions", [])}
+    record = records.load(ws.name)
+    conds = {c["type"]: c for c in record.conditions}
     ready = conds[status.RESOURCE_READY]
     assert ready["status"] in (False, "False") and ready["reason"] == "QuotaExceeded"
     assert "az vm list-usage" in ready["message"]
@@ -129,7 +128,7 @@ def test_seed_tuning_yaml_runs_unchanged_on_aks(aks_env, arm, prefect_api):
     import json
 
     from flows import workspace_flow
-    from infra import local_state
+    from infra import records
 
     kube = aks_env
     bundle = loader.load_file(SEED_TUNING)
@@ -149,8 +148,8 @@ def test_seed_tuning_yaml_runs_unchanged_on_aks(aks_env, arm, prefect_api):
     assert result["image"]["reference"] == pushed[0]
     (job,) = kube.list("batch/v1", "Job", "default", labels={"kaito.sh/workspace": ws.name})
     assert ws.tuning.input.urls[0] in " ".join(job["spec"]["template"]["spec"]["initContainers"][0]["command"])
-    rec = local_state.load(ws.name)
-    assert any(e["reason"] == "DatasetNotVerified" for e in rec["events"]) and rec["adapter_image"] == pushed[0]
+    rec = records.load(ws.name)
+    assert any(e.reason == "DatasetNotVerified" for e in rec.events) and rec.adapter_image == pushed[0]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ CRDS = REPO / "deployments" / "crds"
 
 
 @pytest.fixture
-def kube_env(kube_crds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def kube_env(kube_crds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811 (the fixture above)
     """The fake with the CRDs installed, and kaiflow's settings aimed at it (platform kubernetes,
     short waits and backoffs); returns the FakeKube."""
     path = kube_crds.write_kubeconfig(tmp_path / "kubeconfig", namespace="default")

@@ -13,7 +13,7 @@ from kubernetes import client, config
 
 from flows import cli
 from flows.workspace_flow import workspace_flow
-from infra import local_state
+from infra import records
 from tests.support.fakekube import printer
 from workspace import loader, status
 
@@ -54,7 +54,7 @@ def test_get_and_describe_read_the_workspace_cr(kube_env, prefect_api, monkeypat
             c.update(status="False", reason="CrashLoopBackOff", message="container inference: back-off")
     custom.replace_namespaced_custom_object_status("kaito.sh", "v1alpha1", "default", "workspaces", NAME, body)
     api.close()
-    assert status.condition_value(local_state.load(NAME)["conditions"], status.INFERENCE_READY) == "True"
+    assert status.condition_value(records.load(NAME).conditions, status.INFERENCE_READY) == "True"
     row = _get_row(capsys)
     assert row[:5] == [printer.columns(crd, kube.get("kaito.sh/v1alpha1", "Workspace", NAME, "default"))[c]
                        for c in COLUMNS]

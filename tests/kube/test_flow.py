@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from flows.workspace_flow import workspace_flow
-from infra import local_state
+from infra import platforms, records
 from workspace import loader, status
 from workspace.errors import KaiflowError
 
@@ -99,7 +99,7 @@ def test_pod_failures_surface_in_inference_ready(kube_env, prefect_api, monkeypa
     kube.controllers.pod_failure = failure
     with pytest.raises(KaiflowError):
         _run(SEED / "workspace-phi-3-mini.yaml")
-    cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.INFERENCE_READY)
+    cond = status.get_condition(records.load("workspace-phi-3-mini").conditions, status.INFERENCE_READY)
     assert cond["status"] == "False" and cond["reason"] == failure and "put back" not in cond["message"]  # nothing served before
     cr = kube.get("kaito.sh/v1alpha1", "Workspace", "workspace-phi-3-mini", "default")
     crc = {c["type"]: c for c in cr["status"]["conditions"]}
@@ -115,7 +115,7 @@ def test_a_failed_redeploy_puts_the_serving_version_back(kube_env, prefect_api, 
     seed = SEED / "workspace-phi-3-mini-adapter.yaml"
     _run(seed)
     serving = kube.get("apps/v1", "StatefulSet", name, "default")["spec"]["template"]
-    record = local_state.load(name)
+    record = records.load(name)
 
     doc = yaml.safe_load(seed.read_text())
     doc["inference"]["adapters"][0]["source"]["image"] = "registry.example.com/adapters/broken:9"
@@ -129,9 +129,9 @@ def test_a_failed_redeploy_puts_the_serving_version_back(kube_env, prefect_api, 
     pods = kube.list("v1", "Pod", "default", labels={"kaito.sh/workspace": name})
     assert len(pods) == 1 and "broken:9" not in str(pods[0]["spec"])
     assert {c["type"]: c["status"] for c in pods[0]["status"]["conditions"]}["Ready"] == "True"
-    after = local_state.load(name)
-    assert (after["endpoint"], after["server"]) == (record["endpoint"], record["server"])
-    cond = status.get_condition(after["conditions"], status.INFERENCE_READY)
+    after = records.load(name)
+    assert (after.endpoint, after.server) == (record.endpoint, record.server)
+    cond = status.get_condition(after.conditions, status.INFERENCE_READY)
     assert cond["status"] == "False" and cond["reason"] == "ImagePullBackOff" and "put back" in cond["message"]
 
 
@@ -140,17 +140,15 @@ def test_byo_without_matching_nodes_is_a_clear_error(kube_env, prefect_api, monk
     kube_env.add_node("other", labels={"apps": "something-else"})
     with pytest.raises(KaiflowError, match="no nodes match resource.labelSelector apps=phi-3"):
         _run(SEED / "workspace-phi-3-mini.yaml")
-    cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.RESOURCE_READY)
+    cond = status.get_condition(records.load("workspace-phi-3-mini").conditions, status.RESOURCE_READY)
     assert cond["reason"] == "NoMatchingNodes"
 
 
 def test_delete_removes_everything(kube_env, prefect_api, monkeypatch):
-    from infra.kube import platform as kube_platform
-
     kube = kube_env
     _byo(monkeypatch, kube, {"apps": "phi-3"})
     _, ws = _run(SEED / "workspace-phi-3-mini.yaml")
-    gone = kube_platform.teardown_record(local_state.load(ws.name))
+    gone = platforms.get("kubernetes").teardown(records.load(ws.name)).cluster
     assert gone["StatefulSet"] == [ws.name] and sorted(gone["Service"]) == [ws.name, f"{ws.name}-headless"]
     assert gone["Workspace"] == [ws.name]
     sel = {"kaito.sh/workspace": ws.name}
@@ -170,5 +168,5 @@ def test_teardown_flow_deletes_the_cluster_objects_then_the_record(kube_env, pre
     assert result["deleted"] is True and result["cluster"]["StatefulSet"] == [ws.name]
     assert kube.list("apps/v1", "StatefulSet", "default", labels={"kaito.sh/workspace": ws.name}) == []
     assert kube.get("kaito.sh/v1alpha1", "Workspace", ws.name, "default") is None
-    assert local_state.load(ws.name) is None
+    assert records.load(ws.name) is None
     assert teardown_flow(name=ws.name)["deleted"] is False  # idempotent: a second run is a no-op

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from flows.workspace_flow import workspace_flow
-from infra import local_state
-from infra.kube import manifests, platform as kube_platform
+from infra import platforms, records
+from infra.kube import manifests
 from workspace import loader, plan, status
 from workspace.errors import KaiflowError
 
@@ -103,7 +103,7 @@ def test_karpenter_nodeclaims_are_kaitos_and_the_node_runs_the_pods(kube_env, pr
     assert len(kube.list("v1", "Node")) == 1
 
     # delete: NodeClaims go by label (and the fake's Karpenter removes their Node)
-    gone = kube_platform.teardown_record(local_state.load(name))
+    gone = platforms.get("kubernetes").teardown(records.load(name)).cluster
     assert gone["NodeClaim"] == [claim["metadata"]["name"]]
     assert _claims(kube, name) == [] and kube.get("v1", "Node", node_name) is None
 
@@ -118,7 +118,7 @@ def test_nodeclaim_quota_failure_is_reported_once_without_retries(kube_env, pref
         _run(SEED / "workspace-phi-3-mini.yaml")
 
     name = "workspace-phi-3-mini"
-    cond = status.get_condition(local_state.load(name)["conditions"], status.RESOURCE_READY)
+    cond = status.get_condition(records.load(name).conditions, status.RESOURCE_READY)
     assert cond["status"] == "False" and cond["reason"] == "QuotaExceeded"
     assert f"InsufficientCapacity: {message}" in cond["message"] and "raise the GPU quota" in cond["message"]
     cr = kube.get("kaito.sh/v1alpha1", "Workspace", name, "default")

@@ -142,6 +142,6 @@ def test_custom_config_is_mounted_and_no_generated_config():
     ("", ""),
 ])
 def test_termination_reference_accepts_only_a_pinned_image(message: str, expected: str):
-    from infra.kube import platform
+    from infra.kube import jobs
 
-    assert platform.termination_reference(message) == expected
+    assert jobs.termination_reference(message) == expected

@@ -28,14 +28,13 @@ import kubernetes_validate
 import pytest
 
 from flows import retrain
-from flows.workspace_flow import workspace_flow
-from infra import local_state, pod as pod_main, registry
+from infra import pod as pod_main, records, registry
 from infra.kube import manifests
 from tests.retrain.conftest import CONFIG, ENV
 from tests.retrain.test_retrain_flow import COPIES, N, P, decision_artifact, held_out_positions
 from tests.support.fileserver import FileServer, write_qa_jsonl as write_rows
 from tests.support.registry import LocalRegistry
-from workspace import loader, plan, settings
+from workspace import loader, plan
 from workspace.errors import KaiflowError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +159,7 @@ def test_retrain_on_kubernetes_unchanged_failed_promoted_rejected(kube_env, pref
         write_rows(data, P)
         out = retrain.retrain_flow(workspace=ws, config_maps=cms, platform="kubernetes")
         assert out["outcome"] == "FirstRun"
-        image_a = local_state.load(NAME)["adapter_image"]
+        image_a = records.load(NAME).adapter_image
         digest_a = image_a.rsplit("@", 1)[1]
         assert registry.store_for(image).resolve(image) == digest_a and _served_adapters(kube) == [f"{NAME}={image_a}"]
 
@@ -178,8 +177,8 @@ def test_retrain_on_kubernetes_unchanged_failed_promoted_rejected(kube_env, pref
             retrain.retrain_flow(workspace=ws, config_maps=cms, platform="kubernetes")
         kube.controllers.job_outcome = "succeeded"
         assert registry.store_for(image).resolve(image) == digest_a and _served_adapters(kube) == [f"{NAME}={image_a}"]
-        rec = local_state.load(NAME)
-        assert rec["adapter_image"] == image_a and rec["events"][-1]["reason"] == "RetrainFailed"
+        rec = records.load(NAME)
+        assert rec.adapter_image == image_a and rec.events[-1].reason == "RetrainFailed"
         (cand_job,) = [n for n in _jobs(kube, "tuning") if "-cand-" in n]
         # the candidate's split lives in a ConfigMap of its own; the user's is as applied
         assert "train_test_split: 0.75" in kube.get("v1", "ConfigMap", f"{NAME}-retrain-config", "default")["data"][
@@ -204,9 +203,9 @@ def test_retrain_on_kubernetes_unchanged_failed_promoted_rejected(kube_env, pref
         assert digest_b != digest_a and registry.store_for(result["image"]).resolve(result["image"]) == digest_b
         assert registry.store_for(image).resolve(image) == digest_b  # the tag moved to the candidate's digest
         image_b = f"{reg.host}/adapters/{NAME}@{digest_b}"
-        assert out["image"] == image_b and local_state.load(NAME)["adapter_image"] == image_b
+        assert out["image"] == image_b and records.load(NAME).adapter_image == image_b
         assert _served_adapters(kube) == [f"{NAME}={image_b}"]
-        assert local_state.load(NAME)["events"][-1]["reason"] == "RetrainPromoted"
+        assert records.load(NAME).events[-1].reason == "RetrainPromoted"
         assert "**Promoted**" in decision_artifact(NAME)
 
         # the evaluation Job as applied validates strictly, and pulled both adapters by digest
@@ -228,8 +227,8 @@ def test_retrain_on_kubernetes_unchanged_failed_promoted_rejected(kube_env, pref
         assert "exact-match" in out["reason"] and "the candidate stays at" in out["reason"]
         assert pods.tag_during_evaluation[-1] == digest_b
         assert registry.store_for(image).resolve(image) == digest_b and _served_adapters(kube) == [f"{NAME}={image_b}"]
-        rec = local_state.load(NAME)
-        assert rec["adapter_image"] == image_b and rec["events"][-1]["reason"] == "RetrainRejected"
+        rec = records.load(NAME)
+        assert rec.adapter_image == image_b and rec.events[-1].reason == "RetrainRejected"
         assert "**Rejected**" in decision_artifact(NAME)
         assert len([n for n in _jobs(kube, "tuning") if "-cand-" in n]) == 2
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from flows.workspace_flow import workspace_flow
-from infra import local_state
-from tasks import dataset as dataset_task
+from infra import records
+from infra.platforms import kubernetes as kube_platform
 from workspace import loader, status
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed"
@@ -50,11 +50,11 @@ def test_seed_tuning_yaml_runs_unchanged(kube_env, prefect_api, seed):
     pod = job["spec"]["template"]["spec"]
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["initContainers"][1]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
-    rec = local_state.load(ws.name)
-    assert rec["adapter_image"] == reported[0]
-    assert rec["dataset_digest"] == dataset_task.spec_fingerprint(ws)
-    assert any(e["reason"] == "DatasetNotVerified" for e in rec["events"])
-    cond = status.get_condition(rec["conditions"], status.WORKSPACE_SUCCEEDED)
+    rec = records.load(ws.name)
+    assert rec.adapter_image == reported[0]
+    assert rec.dataset_digest == kube_platform.spec_fingerprint(ws)
+    assert any(e.reason == "DatasetNotVerified" for e in rec.events)
+    cond = status.get_condition(rec.conditions, status.WORKSPACE_SUCCEEDED)
     assert cond["status"] == "True"
     cr = kube.get("kaito.sh/v1alpha1", "Workspace", ws.name, "default")
     assert {c["type"]: c["status"] for c in cr["status"]["conditions"]}["WorkspaceSucceeded"] == "True"

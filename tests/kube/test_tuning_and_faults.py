@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.workspace_flow import workspace_flow
-from infra import local_state, pod as pod_main, registry
+from infra import pod as pod_main, records, registry
 from tests.support.fileserver import FileServer, write_jsonl
 from tests.support.registry import LocalRegistry
 from workspace import loader, status
@@ -60,7 +60,8 @@ def _run(path: Path):
 
 def test_seed_tuning_runs_a_job_and_reuses_it_on_reapply(kube_env, prefect_api, monkeypatch, tmp_path, local_services,
                                                           caplog):
-    caplog.set_level(logging.INFO, logger="infra.kube.platform")
+    for logger in ("infra.kube.jobs", "infra.platforms.kubernetes"):  # the Job's report; the registry fallback
+        caplog.set_level(logging.INFO, logger=logger)
     kube = kube_env
     srv, reg = local_services
     monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
@@ -112,7 +113,7 @@ def test_job_failure_sets_job_started_false_with_the_message(kube_env, prefect_a
                                     "tune")  # the tune init container fails
     with pytest.raises(KaiflowError, match="tuning Job default/workspace-phi-3-mini-tune-.* failed: BackoffLimitExceeded"):
         _run(_tuning_seed_copy(tmp_path, srv, reg))
-    cond = status.get_condition(local_state.load("workspace-phi-3-mini")["conditions"], status.JOB_STARTED)
+    cond = status.get_condition(records.load("workspace-phi-3-mini").conditions, status.JOB_STARTED)
     assert cond["status"] == "False" and cond["reason"] == "TuningFailed"
     assert "BackoffLimitExceeded" in cond["message"] and "kaiflow logs workspace-phi-3-mini --tuning" in cond["message"]
     assert "container tune Error (exit 1): torch.OutOfMemoryError: CUDA out of memory" in cond["message"]
@@ -123,7 +124,8 @@ def test_pushed_digest_comes_from_the_push_containers_termination_message(
     """The Job's own push-adapter command runs (``infra.pod``, its --dir mapped to a local folder)
     and writes the termination log; the tag is then moved to another push, so the registry
     fallback would give a different digest than the one the Job pushed."""
-    caplog.set_level(logging.INFO, logger="infra.kube.platform")
+    for logger in ("infra.kube.jobs", "infra.platforms.kubernetes"):  # the Job's report; the registry fallback
+        caplog.set_level(logging.INFO, logger=logger)
     kube = kube_env
     srv, reg = local_services
     monkeypatch.setenv("KAIFLOW_PROVISIONER", "byo")
@@ -152,7 +154,7 @@ def test_pushed_digest_comes_from_the_push_containers_termination_message(
     assert from_message.startswith(f"{reg.host}/image-name-here@sha256:") and moved and moved[0] != from_message
     assert result["image"]["reference"] == from_message
     assert result["image"]["digest"] == from_message.rsplit("@", 1)[1]
-    assert local_state.load("workspace-phi-3-mini")["adapter_image"] == from_message
+    assert records.load("workspace-phi-3-mini").adapter_image == from_message
     assert "read from the termination message of pod workspace-phi-3-mini-tune-" in caplog.text
     assert "resolved the tag" not in caplog.text
     (pod,) = kube.list("v1", "Pod", "default", labels={"kaito.sh/workspace": "workspace-phi-3-mini"})
@@ -179,6 +181,6 @@ def test_conflicts_500s_and_timeouts_are_retried(kube_env, prefect_api, monkeypa
     assert result["inference"]["service"] == name
     assert [f.times for f in kube.faults] == [0, 0, 0], "every injected 500/503/timeout was met and retried past"
     assert all(c[2] == 0 for c in kube.store.conflicts), "both 409s on the StatefulSet were met and retried past"
-    cond = status.get_condition(local_state.load(name)["conditions"], status.INFERENCE_READY)
+    cond = status.get_condition(records.load(name).conditions, status.INFERENCE_READY)
     assert cond["status"] == "True"
     assert kube.get("apps/v1", "StatefulSet", name, "default") is not None
