@@ -1,4 +1,6 @@
-"""Entry points the kubernetes platform's pods run (no Prefect, no Kubernetes client inside a pod).
+"""The third program kaiflow ships (beside tuning/ and serving/): the transfer steps a cluster
+platform's pods run. No Prefect, no Kubernetes client, no workspace record inside a pod
+(.importlinter: pod-program).
 
     python -m infra.pod pull-data --source JSON --dest DIR [--docker-config PATH]...
     python -m infra.pod push-adapter --dir DIR --model PRESET (--image REF | --volume-dir DIR) [--docker-config PATH]

@@ -48,12 +48,12 @@ def key_for(workspace: spec.Workspace, dataset_digest: str, config_maps: dict[st
 def _loss_markdown(name: str, metrics: dict) -> str:
     losses = metrics.get("loss") or []
     bars = "▁▂▃▄▅▆▇█"
-    values = [l for _, l in losses]
+    values = [loss for _, loss in losses]
     spark = ""
     if values:
         lo, hi = min(values), max(values)
         spark = "".join(bars[int((v - lo) / (hi - lo + 1e-9) * (len(bars) - 1))] for v in values)
-    rows = "\n".join(f"| {s} | {l:.4f} |" for s, l in losses)
+    rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in losses)
     return (
         f"# Loss curve: {name}\n\n`{spark}`\n\n"
         f"steps {metrics.get('steps')}, tokens {metrics.get('train_tokens')}, "

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import tracemalloc
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -5,7 +5,7 @@ images in the on-disk OCI layout, and one torch thread for every program the flo
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import threading
 
 import pytest
 
@@ -86,6 +86,5 @@ def thread(target) -> "threading.Thread":
     ``prefect_api`` server's URL) in a context variable, and a bare thread would start Prefect's
     temporary server instead of talking to the session's."""
     import contextvars
-    import threading
 
     return threading.Thread(target=contextvars.copy_context().run, args=(target,))
