@@ -4,9 +4,17 @@ Thin on purpose: it validates bodies (`protocol`), turns them into token ids and
 the engine for text deltas and shapes the answer. Rules it owns:
 
 * **Which model a request uses.** `"model": "<adapter name>"` picks that adapter; the base model's
-  name (``--served-model-name``, default ``--model``) picks the base. `/chat` with no `model`
-  uses the adapter when exactly one is loaded — Kaito serves a workspace's adapter merged into
-  `/chat` — and the base model otherwise. The OpenAI endpoints with no `model` use the base.
+  name (``--served-model-name``, default ``--model``) picks the base. A request with no `model`
+  — on `/chat` and the OpenAI endpoints alike — uses the adapter when exactly one is loaded (a
+  workspace serving what it tuned; Kaito merges a workspace's adapters into the model it serves)
+  and the base model otherwise.
+* **Prompts.** `/chat`'s `prompt` is a user turn in the model's chat template when the tokenizer
+  has one (``"apply_chat_template": false``: the raw text, continued as Kaito's text-generation
+  pipeline did); `messages` always go through the template; `/v1/completions` is raw text, as
+  OpenAI defines it.
+* **Lengths.** `/v1/chat/completions` without `max_tokens` generates at most
+  ``--default-max-tokens`` (512) tokens, not the rest of the context; bodies over
+  ``--max-request-bytes`` (4 MiB) get 413 before they are read further.
 * **Admission.** A request is admitted while fewer than ``capacity + max_queue_depth`` are in
   flight (``capacity``: what the engine runs at once). Beyond that it gets 429 with a
   `Retry-After` estimated from recent latencies — never a hang.
@@ -87,9 +95,9 @@ class Server:
     def base_names(self) -> set[str]:
         return {self.cfg.served_model_name, self.cfg.model, self.cfg.model_path}
 
-    def pick_adapter(self, model: str | None, *, chat_default: bool) -> base.LoadedAdapter | None:
+    def pick_adapter(self, model: str | None) -> base.LoadedAdapter | None:
         if not model:
-            return self.adapters.only() if chat_default else None
+            return self.adapters.only()
         if model in self.base_names():
             return None
         adapter = self.adapters.get(model)
@@ -112,14 +120,22 @@ class Server:
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def check_length(self, prompt_len: int, max_tokens: int | None, field: str = "max_tokens") -> int:
-        """``max_tokens`` (default: the rest of the context), refusing what cannot fit."""
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def check_prompt(self, prompt_len: int, param: str = "messages") -> None:
         limit = self.engine.max_model_len
         if prompt_len >= limit:
             raise errors.BadRequest(f"the prompt is {prompt_len} tokens; this model's context is {limit} tokens: "
-                                    "shorten the prompt", param="messages")
+                                    "shorten the prompt", param=param)
+
+    def check_length(self, prompt_len: int, max_tokens: int | None, field: str = "max_tokens") -> int:
+        """``max_tokens`` (default: ``--default-max-tokens`` within the context), refusing what cannot fit."""
+        limit = self.engine.max_model_len
+        self.check_prompt(prompt_len)
         if max_tokens is None:
-            return limit - prompt_len
+            room = limit - prompt_len
+            return min(room, self.cfg.default_max_tokens) if self.cfg.default_max_tokens else room
         if prompt_len + max_tokens > limit:
             raise errors.BadRequest(f"the prompt ({prompt_len} tokens) plus {field} ({max_tokens}) exceeds this model's "
                                     f"context of {limit} tokens: shorten the prompt or lower {field}", param=field)
@@ -255,6 +271,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
 
     app = FastAPI(title="kaiflow inference server", lifespan=lifespan)
     app.state.server = server
+    app.add_middleware(RequestBody, max_bytes=cfg.max_request_bytes)  # inside the metrics: 413s are counted
     app.add_middleware(metrics.MetricsMiddleware, metrics=lambda: server.metrics)
     _install_error_handlers(app)
 
@@ -311,29 +328,37 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         if req.prompt is None and not req.messages:
             raise errors.BadRequest("give 'prompt' (text generation) or 'messages' (a chat), e.g. {\"prompt\": \"Hello\"}",
                                     param="prompt")
-        adapter = server.pick_adapter(req.model, chat_default=True)
+        adapter = server.pick_adapter(req.model)
         gk = req.generate_kwargs
-        if req.messages:  # the Result is the assistant's reply alone
-            prompt_text, ids = "", server.chat_ids(req.messages)
-        else:
-            prompt_text = (req.prefix or "") + (req.prompt or "")
+        templated = bool(req.messages) or _use_chat_template(server, req.apply_chat_template)
+        prompt_text = (req.prefix or "") + (req.prompt or "")
+        if req.messages:
+            ids = server.chat_ids(req.messages)
+        elif templated:  # the prompt is the user's turn; the Result is the assistant's reply alone
+            ids = server.chat_ids([protocol.Message(role="user", content=prompt_text)])
+        else:  # Kaito's text generation: continue the text; the Result repeats it (return_full_text)
             ids = server.text_ids(prompt_text)
+        limit = engine.max_model_len
         max_new = gk.max_new_tokens or gk.max_length - len(ids)
+        if req.handle_long_generation == "hole" and max_new >= 1 and len(ids) + max_new > limit:
+            ids = ids[-max(1, limit - max_new):]  # Kaito's "hole": keep the prompt's end
+        server.check_prompt(len(ids), param="prompt")  # the model's real limit first
         if max_new < 1:
-            raise errors.BadRequest(f"the prompt is {len(ids)} tokens, not fewer than generate_kwargs.max_length "
-                                    f"({gk.max_length}): raise max_length or set max_new_tokens", param="max_length")
-        if req.handle_long_generation == "hole" and len(ids) + max_new > engine.max_model_len:
-            ids = ids[-max(1, engine.max_model_len - max_new):]  # Kaito's "hole": keep the prompt's end
+            raise errors.BadRequest(
+                f"this model's context is {limit} tokens and the prompt is {len(ids)} of them, but "
+                f"generate_kwargs.max_length ({gk.max_length}, prompt plus new tokens) leaves nothing to generate: "
+                f"set generate_kwargs.max_new_tokens (at most {limit - len(ids)}) or raise max_length (above "
+                f"{len(ids)}, at most {limit})", param="max_length")
         max_new = server.check_length(len(ids), max_new, field="generate_kwargs.max_length")
         gen = server.generate("/chat", ids, kaito_sampling(gk, len(ids), max_new), adapter, deltas=False)
         text, _, _ = await _collect(await _start(gen), gen)
-        full = req.return_full_text and not req.messages
+        full = req.return_full_text and not templated
         return {"Result": (prompt_text + text) if full else text}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: protocol.ChatCompletionRequest) -> Any:
         server.require_ready()
-        adapter = server.pick_adapter(req.model, chat_default=False)
+        adapter = server.pick_adapter(req.model)
         ids = server.chat_ids(req.messages)
         max_tokens = server.check_length(len(ids), req.max_completion_tokens or req.max_tokens)
         gen = server.generate("/v1/chat/completions", ids, openai_sampling(req, max_tokens), adapter, deltas=req.stream)
@@ -352,7 +377,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         server.require_ready()
         if req.suffix:
             raise errors.BadRequest("suffix is not supported by this server", param="suffix")
-        adapter = server.pick_adapter(req.model, chat_default=False)
+        adapter = server.pick_adapter(req.model)
         prompt_text, ids = _completion_prompt(server, req.prompt)
         max_tokens = server.check_length(len(ids), req.max_tokens)
         gen = server.generate("/v1/completions", ids, openai_sampling(req, max_tokens), adapter, deltas=req.stream)
@@ -367,6 +392,17 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                 "choices": [{"index": 0, "text": echo + text, "finish_reason": reason, "logprobs": None}]}
 
     return app
+
+
+def _use_chat_template(server: Server, requested: bool | None) -> bool:
+    """Whether `/chat` sends its `prompt` through the chat template (None: when the model has one)."""
+    if requested is None:
+        return server.has_chat_template()
+    if requested and not server.has_chat_template():
+        raise errors.BadRequest("apply_chat_template is true but this model has no chat template: leave it out for "
+                                "raw text generation, or give the server a template (chat-template in --config)",
+                                param="apply_chat_template")
+    return requested
 
 
 def _completion_prompt(server: Server, prompt: Any) -> tuple[str, list[int]]:
@@ -440,6 +476,83 @@ def _completion_events(head: dict, echo: str, first: base.Delta, rest: AsyncIter
 
     usage_chunk = (lambda n: {**base_chunk, "choices": [], "usage": _usage(prompt_len, n)}) if usage else None
     return _events(first, rest, chunk, usage_chunk)
+
+
+# ---- request size -------------------------------------------------------------------------------
+class RequestBody:
+    """ASGI middleware for request bodies: a size cap, and curl's default content type read as JSON.
+
+    * A body over ``max_bytes`` gets 413, and no more than that is ever held: a declared
+      ``Content-Length`` over the limit is refused before the body is read, a chunked body is
+      counted as it arrives. The rest of a refused body is read and dropped (up to `DRAIN_BYTES`)
+      so the client, still sending, receives the 413 instead of a reset connection.
+    * ``curl -d '{...}'`` without ``-H 'Content-Type: application/json'`` sends
+      ``application/x-www-form-urlencoded``; every endpoint here takes JSON only, so such a body
+      that is a JSON object is read as JSON instead of being refused as "not an object".
+    """
+
+    DRAIN_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, app: Callable, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> Any:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").strip()
+        size = int(declared) if declared.isdigit() else None
+        if size is not None and size > self.max_bytes:
+            # a client waiting for "100 Continue" has sent nothing yet: reading would ask for the body
+            waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+            return await self._refuse(scope, receive, send, size, more_body=not waiting)
+        chunks, received = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                return await self.app(scope, _replay([message], receive), send)
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                return await self._refuse(scope, receive, send, size, more_body=message.get("more_body", False))
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type == b"application/x-www-form-urlencoded" and body.lstrip().startswith(b"{"):
+            scope = {**scope, "headers": [(k, b"application/json" if k == b"content-type" else v)
+                                          for k, v in scope["headers"]]}
+        message = {"type": "http.request", "body": body, "more_body": False}
+        return await self.app(scope, _replay([message], receive), send)
+
+    async def _refuse(self, scope: dict, receive: Callable, send: Callable, size: int | None, *, more_body: bool) -> None:
+        drained = 0
+        while more_body and drained < self.DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            more_body = message.get("more_body", False)
+        limit = self.max_bytes
+        what = f"the request body ({size} bytes)" if size is not None else "the request body"
+        message = (f"{what} is over this server's limit of {limit} bytes ({limit / 1048576:.1f} MiB): send a "
+                   "shorter prompt (the server's --max-request-bytes sets the limit)")
+        path = scope.get("path", "")
+        if path.startswith("/v1/"):
+            body: dict[str, Any] = {"object": "error", "error": {"message": message, "type": "RequestTooLargeError",
+                                                                 "param": None, "code": 413}}
+        else:
+            body = {"detail": message}
+        await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
+def _replay(messages: list[dict], receive: Callable) -> Callable:
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "vllm", "transformers")
 KAITO_IGNORED_KEYS = {"max_probe_steps", "model_name", "transformers"}
+DEFAULT_MAX_TOKENS = 512
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -38,6 +40,8 @@ class ServerConfig:
     vllm_args: dict[str, Any] = field(default_factory=dict)
     chat_template: Path | None = None
     max_queue_depth: int = 256
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_request_bytes: int = MAX_REQUEST_BYTES
     enable_lora: bool = True
     log_level: str = "info"
 
@@ -54,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="name of the base model in the API (default: --model as given)")
     p.add_argument("--max-queue-depth", type=int, default=256,
                    help="requests allowed to wait beyond what the engine runs at once; more get 429")
+    p.add_argument("--default-max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                   help="/v1/chat/completions (and /v1/completions with max_tokens null): tokens to generate when the "
+                        f"request gives no max_tokens (default {DEFAULT_MAX_TOKENS}, capped by the context; 0: the "
+                        "rest of the context)")
+    p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="BYTES",
+                   help=f"largest request body accepted; larger ones get 413 (default {MAX_REQUEST_BYTES}, 4 MiB)")
     p.add_argument("--no-lora", dest="enable_lora", action="store_false",
                    help="vLLM: start without LoRA support (slightly faster; adapters cannot be loaded later)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -66,6 +76,10 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         raise errors.ConfigError(f"--port {ns.port} is not a TCP port; use 1-65535")
     if ns.max_queue_depth < 0:
         raise errors.ConfigError("--max-queue-depth must be 0 or more")
+    if ns.default_max_tokens < 0:
+        raise errors.ConfigError("--default-max-tokens must be 0 (the rest of the context) or more")
+    if ns.max_request_bytes < 1024:
+        raise errors.ConfigError(f"--max-request-bytes {ns.max_request_bytes} is too small to hold a request; use 1024 or more")
     vllm_args = {**preset_vllm_args(ns.model), **load_vllm_args(ns.config)}
     template = vllm_args.get("chat-template", vllm_args.get("chat_template"))
     if template is not None and not Path(str(template)).is_file():
@@ -87,6 +101,8 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         vllm_args=vllm_args,
         chat_template=Path(str(template)) if template is not None else None,
         max_queue_depth=ns.max_queue_depth,
+        default_max_tokens=ns.default_max_tokens,
+        max_request_bytes=ns.max_request_bytes,
         enable_lora=ns.enable_lora,
         log_level=ns.log_level,
     )

@@ -2,9 +2,13 @@
 
 Field names and defaults follow the originals (Kaito's `inference_api.py`, OpenAI's API reference),
 with vLLM's common extensions (`top_k`, `min_tokens`, `repetition_penalty`, `ignore_eos`).
-One deliberate difference from Kaito: `/chat` decodes greedily unless `do_sample` is true (Kaito
-samples by default), so the same prompt gives the same answer — what people comparing an adapter
-against the base model expect.
+Deliberate differences from Kaito's `/chat` (v0.4-v0.8; Kaito v0.9+ serves only the OpenAI API):
+
+* `/chat` decodes greedily unless `do_sample` is true (Kaito samples by default), so the same
+  prompt gives the same answer — what people comparing an adapter against the base model expect.
+* A `prompt` is a user turn in the model's chat template when the tokenizer has one (Kaito's
+  text-generation pipeline continued the raw text), so the documented request answers as the
+  model was tuned; ``"apply_chat_template": false`` asks for Kaito's raw text generation.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class KaitoChatRequest(BaseModel):
     handle_long_generation: str | None = None
     generate_kwargs: GenerateKwargs = Field(default_factory=GenerateKwargs)
     model: str | None = Field(None, description="kaiflow: an adapter name, or the base model's name to force the base")
+    apply_chat_template: bool | None = Field(
+        None, description="kaiflow: send `prompt` as a user turn through the model's chat template (default: when "
+                          "the model has one; the Result is then the reply alone); false: continue the raw text, as Kaito")
 
 
 class StreamOptions(BaseModel):

@@ -1,8 +1,11 @@
 """Fixtures for the serving tests: adapters built with peft on the tiny model, and real servers.
 
 Each server is `python -m serving` in a child process on a free 127.0.0.1 port, reached over
-HTTP. The transformers servers start in seconds; the one vLLM server is shared by the whole
+HTTP. The transformers servers start in seconds; each vLLM server is shared by the whole
 session (it takes ~30-50 s to start on CPU).
+
+`tuned_server` serves what `make demo` serves: tiny-phi-3 with one adapter, named like the demo's
+workspace, really tuned (by `python -m tuning`, ~20 s) on the demo's question/answer pairs.
 """
 
 from __future__ import annotations
@@ -100,6 +103,41 @@ def vllm_server(adapter_dirs: dict[str, Path], session_tmp: Path) -> Iterator[Ru
         yield server
 
 
+DEMO_DATA = REPO / "examples" / "local" / "data"
+TUNED_ADAPTER = "tiny-tune-and-serve"  # the demo workspace's name, which names its adapter
+
+
+@pytest.fixture(scope="session")
+def tuned_adapter(tiny_model: Path, session_tmp: Path) -> Path:
+    """An adapter tuned on the demo's data: it answers "What is the capital of France?" with "Paris."."""
+    output = session_tmp / "tuned-demo-adapter"
+    result = subprocess.run([sys.executable, "-m", "tuning", "--data", str(DEMO_DATA), "--model", "tiny-phi-3",
+                             "--output", str(output)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return output
+
+
+def tuned_args(engine: str, adapter: Path) -> list[str]:
+    """The command line the local platform gives a tune-and-serve workspace's server (tasks/deploy.py)."""
+    return ["--model", "tiny-phi-3", "--engine", engine, "--served-model-name", "tiny-phi-3",
+            "--adapter", f"{TUNED_ADAPTER}={adapter}:1.0"]
+
+
+@pytest.fixture(scope="session")
+def tuned_transformers_server(tuned_adapter: Path) -> Iterator[RunningServer]:
+    with running_server(tuned_args("transformers", tuned_adapter)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tuned_vllm_server(tuned_adapter: Path) -> Iterator[RunningServer]:
+    if os.environ.get("KAIFLOW_TESTS_STRICT") != "1":
+        pytest.importorskip("vllm")
+    with running_server(tuned_args("vllm", tuned_adapter), env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout_s=400) as server:
+        yield server
+
+
 ENGINES = [
     pytest.param("transformers", id="transformers"),
     pytest.param("vllm", id="vllm", marks=[pytest.mark.vllm, pytest.mark.slow]),
@@ -110,3 +148,9 @@ ENGINES = [
 def server(request: pytest.FixtureRequest) -> RunningServer:
     """Each test taking ``server`` runs once per engine."""
     return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(params=ENGINES)
+def tuned_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The demo's tuned adapter, served alone: each test taking it runs once per engine."""
+    return request.getfixturevalue(f"tuned_{request.param}_server")
