@@ -84,7 +84,7 @@ class ClusterState(BaseModel):
 
 
 class WorkspaceRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str
     created: str = Field(default_factory=status.now)
@@ -161,11 +161,7 @@ def update(name: str, **fields: Any) -> WorkspaceRecord:
         for key, value in fields.items():
             if key not in WorkspaceRecord.model_fields:
                 raise AttributeError(f"WorkspaceRecord has no field {key!r}")
-            setattr(record, key, value)
-        # re-validate so dicts become their models
-        validated = WorkspaceRecord.model_validate(record.model_dump(mode="json"))
-        for key in fields:
-            setattr(record, key, getattr(validated, key))
+            setattr(record, key, value)  # validated on assignment: a dict becomes its model
 
     return change(name, apply)
 
