@@ -15,7 +15,7 @@ Canonical shapes (``Shape``):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ class Loaded:
     eval: Any | None
     shape: str
     files: list[str]
+    skipped: int = 0
+    """Rows with none of the shape's columns filled (no known shape): left out, counted, reported."""
+    skipped_examples: list[str] = field(default_factory=list)
 
 
 def find_files(path: str | Path, dataset_config: dict[str, Any] | None = None) -> list[Path]:
@@ -147,6 +150,31 @@ def _require(columns: list[str], wanted: list[str], key: str) -> None:
         raise DatasetError(f"{key}: column(s) {missing} not in the dataset; columns found: {columns}")
 
 
+MAX_SKIPPED_SHARE = 0.5
+"""Refuse when this share of rows (or more) has no known shape: it is the wrong file or a wrong mapping."""
+
+
+def known_rows(dataset: Any, shape: str, mapping: dict[str, str], source: str) -> tuple[Any, int, list[str]]:
+    """Rows that hold the shape's columns, the number left out, and where the first few left-out rows are.
+
+    A file whose rows mix shapes (``{"text": ..}`` beside ``{"foo": ..}``) loads with the union of
+    the columns; a row with none of the shape's own columns filled fits no known shape. Such rows are
+    counted and reported, never trained on in silence; rows that have the columns but bad values are
+    still refused by :func:`normalise` (the user meant them, and should fix them).
+    """
+    own = [column for key, column in mapping.items() if key != "context"]
+    empty = [i for i, row in enumerate(dataset.select_columns(own)) if all(_blank(row[c]) for c in own)]
+    if not empty:
+        return dataset, 0, []
+    drop = set(empty)
+    kept = dataset.select([i for i in range(len(dataset)) if i not in drop])
+    return kept, len(empty), [f"{source}: row {i}" for i in empty[:3]]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+
+
 def normalise(dataset: Any, shape: str, mapping: dict[str, str], source: str) -> Any:
     """The dataset reduced to its canonical columns, with every row checked."""
     if shape == "messages":
@@ -203,12 +231,15 @@ def load_dataset_dir(path: str | Path, dataset_config: dict[str, Any] | None = N
 
     config = dataset_config or {}
     parts, shapes, names = [], set(), []
+    skipped, examples = 0, []
     for file in find_files(path, config):
         raw = read_file(file, config)
         try:
             shape, mapping = detect_shape(list(raw.column_names), config)
         except DatasetError as exc:
             raise DatasetError(f"{file}: {exc}") from None
+        raw, left_out, where = known_rows(raw, shape, mapping, str(file))
+        skipped, examples = skipped + left_out, examples + where
         parts.append(normalise(raw, shape, mapping, str(file)))
         shapes.add(shape)
         names.append(str(file))
@@ -216,11 +247,25 @@ def load_dataset_dir(path: str | Path, dataset_config: dict[str, Any] | None = N
         raise DatasetError(f"{path}: files have different shapes ({', '.join(sorted(shapes))}); keep one shape per folder")
     full = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if len(full) == 0:
-        raise DatasetError(f"{path}: the dataset files hold no rows")
+        raise DatasetError(f"{path}: the dataset files hold no rows"
+                           + (f" of a known shape ({skipped} row(s) fit none, e.g. {examples[0]})" if skipped else ""))
+    if skipped and skipped >= MAX_SKIPPED_SHARE * (skipped + len(full)):
+        raise DatasetError(
+            f"{path}: {skipped} of {skipped + len(full)} rows fit no known shape (first: {', '.join(examples)}); "
+            f"every row needs the columns of the file's shape ({shape_columns(shapes)}); fix or remove those rows"
+        )
     if config.get("shuffle_dataset", True):
         full = full.shuffle(seed=int(config.get("shuffle_seed", 42)))
     train, evaluation = split(full, float(config.get("train_test_split", 1.0)), int(config.get("shuffle_seed", 42)))
-    return Loaded(train=train, eval=evaluation, shape=shapes.pop(), files=names)
+    return Loaded(train=train, eval=evaluation, shape=shapes.pop(), files=names, skipped=skipped,
+                  skipped_examples=examples[:3])
+
+
+def shape_columns(shapes: set[str]) -> str:
+    """The columns each shape needs, for messages."""
+    need = {"messages": "'messages'", "prompt_completion": "'prompt' and 'completion' (or the mapped pair)",
+            "text": "'text'"}
+    return "; ".join(f"{s}: {need[s]}" for s in sorted(shapes))
 
 
 def split(dataset: Any, train_fraction: float, seed: int) -> tuple[Any, Any | None]:

@@ -239,6 +239,8 @@ def run(spec: RunSpec) -> dict[str, Any]:
         f"dataset: {len(loaded.train)} training rows"
         + (f", {len(loaded.eval)} eval rows" if loaded.eval is not None else "")
         + f" ({loaded.shape}, {len(loaded.files)} file(s))"
+        + (f"; {loaded.skipped} row(s) of no known shape left out (first: {', '.join(loaded.skipped_examples)})"
+           if loaded.skipped else "")
     )
     resume_from = last_checkpoint(spec.checkpoints, fingerprint(resolved, loaded.files))
     source = model_source(spec.model)
@@ -260,6 +262,9 @@ def run(spec: RunSpec) -> dict[str, Any]:
         eval_loss=eval_loss, wall_seconds=time.monotonic() - spec.started, resolved=resolved,
         steps=trainer.state.global_step,
     )
+    metrics["dataset"] = {"rows": len(loaded.train) + (len(loaded.eval) if loaded.eval is not None else 0),
+                          "train_rows": len(loaded.train), "skipped": loaded.skipped,
+                          "skipped_examples": loaded.skipped_examples, "shape": loaded.shape}
     write_output(spec, trainer.model, metrics)
     progress.say(progress.final_line(metrics, spec.output))
     return metrics

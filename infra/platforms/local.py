@@ -106,6 +106,7 @@ class LocalPlatform:
         report.condition(status.JOB_STARTED, True, "TuningCompleted",
                          f"{metrics.get('steps')} steps, final loss {losses[-1][1]:.4f}" if losses else "done")
         report.event("TuningCompleted", f"adapter {cache_key[:12]} in {metrics.get('wall_seconds', 0):.1f} s")
+        report_dataset_rows(metrics, report)
         return Tuned(cache_key=cache_key, reused=False, steps=metrics.get("steps"), adapter_dir=str(out), metrics=metrics)
 
     def publish(self, ws: spec.Workspace, tuned: Tuned, report: status.Reporter) -> Image:
@@ -259,6 +260,21 @@ class _config_file:
 
     def __exit__(self, *exc: object) -> None:
         os.unlink(self.path)
+
+
+def report_dataset_rows(metrics: dict, report: status.Reporter) -> None:
+    """How many rows were trained on, and a warning event when rows of no known shape were left out."""
+    rows = metrics.get("dataset") or {}
+    if not rows:
+        return
+    msg = f"trained on {rows.get('train_rows')} of {rows.get('rows', 0) + rows.get('skipped', 0)} rows ({rows.get('shape')})"
+    if rows.get("skipped"):
+        msg += (f"; {rows['skipped']} row(s) of no known shape left out (first: "
+                f"{', '.join(rows.get('skipped_examples') or [])}): fix or remove them")
+        log.warning("dataset: %s", msg)
+        report.event("DatasetRowsSkipped", msg, "Warning")
+    else:
+        report.event("DatasetRows", msg)
 
 
 def _metrics(out: Path) -> dict:

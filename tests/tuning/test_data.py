@@ -101,3 +101,24 @@ def test_unreadable_file_and_mixed_shapes_fail(tmp_path: Path):
     (mixed / "b.jsonl").write_text(json.dumps({"text": "plain"}) + "\n")
     with pytest.raises(data.DatasetError, match="different shapes"):
         data.load_dataset_dir(mixed)
+
+
+def test_rows_of_no_known_shape_are_counted_not_dropped_in_silence(tmp_path: Path):
+    """Issue 24 item 4: a row that fits no shape is left out *and reported*; the others train."""
+    good = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS]
+    lines = [json.dumps(r) for r in good] + [json.dumps({"foo": "bar"})]
+    (tmp_path / "chat.jsonl").write_text("\n".join(lines) + "\n")
+    loaded = data.load_dataset_dir(tmp_path, {"shuffle_dataset": False})
+    assert len(loaded.train) == len(PAIRS) and loaded.skipped == 1
+    assert loaded.skipped_examples == [f"{tmp_path / 'chat.jsonl'}: row {len(PAIRS)}"]
+
+
+@pytest.mark.parametrize("good_rows", [0, 1])
+def test_too_few_rows_of_a_known_shape_are_refused(tmp_path: Path, good_rows: int):
+    """One good row beside one unrecognised row trained to loss 0 and said Ready: now refused."""
+    rows = [{"text": "a real line" if good_rows else " "}] + [{"foo": "bar"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(data.DatasetError) as caught:
+        data.load_dataset_dir(tmp_path)
+    message = str(caught.value)
+    assert "t.jsonl: row" in message and ("known shape" in message or "fit no known shape" in message)

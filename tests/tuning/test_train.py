@@ -123,6 +123,8 @@ def test_eval_split_reports_eval_loss(chat_dir: Path, tmp_path: Path, capsys):
     assert rc == 0, capsys.readouterr().err[-2000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert isinstance(metrics["eval_loss"], float) and metrics["eval_loss"] > 0
+    assert metrics["dataset"]["rows"] == len(PAIRS) and metrics["dataset"]["skipped"] == 0
+    assert metrics["dataset"]["train_rows"] < len(PAIRS)  # the held-out rows are not trained on
 
 
 def _previous_adapter(output: Path) -> dict[str, str]:
