@@ -43,7 +43,7 @@ system-deps:
 	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || $$SUDO service postgresql stop >/dev/null 2>&1 || true; \
 	fi
 
-demo: install system-deps
+demo: install
 	$(BIN)/python -m flows.demo
 
 test: install system-deps

@@ -51,13 +51,23 @@ def serve_data() -> None:
     local_process.wait_healthy(url, pid=pid, marker="http.server", timeout=20)
 
 
+def stop_data_server() -> bool:
+    """Stop the data server a demo started (recorded in KAIFLOW_HOME/demo); True if one was running."""
+    return local_process.stop_recorded(settings.load().home_dir / "demo" / "data-server.pid", marker="http.server")
+
+
 def cmd_demo(args=None) -> int:
     from flows import cli
 
     os.environ["KAIFLOW_ALLOW_PRIVATE_URLS"] = "true"
     serve_data()
     print(f"$ kaiflow apply -f {WORKSPACE.relative_to(REPO)}", flush=True)
-    rc = cli.main(["apply", "-f", str(WORKSPACE)])
+    try:
+        rc = cli.main(["apply", "-f", str(WORKSPACE)])
+    finally:
+        # the data is pulled (and cached by digest) once the apply is past its first steps: nothing
+        # needs the server after it, and a demo should not leave a port taken behind it
+        stop_data_server()
     if rc:
         return rc
     print("\n$ kaiflow get workspaces")
@@ -79,8 +89,22 @@ def cmd_demo(args=None) -> int:
         "temperature": 0}).json()
     print(f"  OpenAI API, model tiny-tune-and-serve: {chat['choices'][0]['message']['content']!r}")
     print(f"\n{right}/{len(pairs)} answers as taught. Try: .venv/bin/kaiflow chat tiny-tune-and-serve \"{pairs[0][0]['content']}\"")
-    print("Stop the server with: .venv/bin/kaiflow delete workspace tiny-tune-and-serve")
+    print(closing_text(endpoint))
     return 0 if right == len(pairs) else 1
+
+
+def closing_text(endpoint: str | None) -> str:
+    """What the demo leaves running, and how to stop each."""
+    from flows import prefect_server
+
+    api = os.environ.get("PREFECT_API_URL")  # set by the apply once it found or started a server
+    lines = ["", "Left running:",
+             f"  the inference server at {endpoint}: stop it with .venv/bin/kaiflow delete workspace tiny-tune-and-serve"]
+    if api and prefect_server.database() is not None:  # a server kaiflow started (not the user's own)
+        lines.append(f"  a Prefect server (UI {api.removesuffix('/api')}) that records the runs: "
+                     "stop it with .venv/bin/kaiflow server --stop")
+    lines.append(f"The demo's data server on 127.0.0.1:{PORT} is stopped (make demo starts it again).")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ belongs to some other program. Real http.server processes on a free loopback por
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -56,3 +57,28 @@ def test_a_port_held_by_another_program_is_a_clear_error(port, tmp_path):
         assert local_process.alive(other, "http.server")  # not ours to stop
     finally:
         local_process.stop(other, "http.server")
+
+
+def test_the_demo_stops_its_data_server_and_says_what_it_leaves_running(port, tmp_path):
+    """Issue 24 item 6: `make demo` left its data server on the port, and its closing text named
+    neither it nor the background Prefect server."""
+    demo.serve_data()
+    pid = json.loads((tmp_path / "home" / "demo" / "data-server.pid").read_text())["pid"]
+    assert local_process.alive(pid, "http.server")
+    assert demo.stop_data_server() is True
+    assert not local_process.alive(pid, "http.server")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/qa.jsonl", timeout=2)
+    assert demo.stop_data_server() is False  # nothing left to stop
+    text = demo.closing_text("http://127.0.0.1:9999")
+    assert "kaiflow delete workspace tiny-tune-and-serve" in text and f"127.0.0.1:{port} is stopped" in text
+
+
+def test_make_demo_installs_no_debian_packages():
+    """`make demo` needs neither the registry, Chromium nor PostgreSQL: only `make test` installs them."""
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "demo"], cwd=demo.REPO, capture_output=True, text=True, timeout=30,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(demo.REPO)})
+    assert out.returncode == 0, out.stderr
+    assert "apt-get" not in out.stdout and "flows.demo" in out.stdout
