@@ -29,6 +29,7 @@ def _error_code(exc_info) -> str:
     return exc_info.value.error.code
 
 
+@pytest.mark.fake
 def test_unknown_api_version_is_refused(arm):
     from azure.core.exceptions import HttpResponseError
 
@@ -38,6 +39,7 @@ def test_unknown_api_version_is_refused(arm):
     assert info.value.status_code == 400
 
 
+@pytest.mark.fake
 def test_invalid_pool_name_and_unknown_fields_are_refused(arm):
     from azure.core.exceptions import HttpResponseError
 
@@ -52,6 +54,7 @@ def test_invalid_pool_name_and_unknown_fields_are_refused(arm):
     assert arm.pools == {}
 
 
+@pytest.mark.fake
 def test_vm_size_cannot_change_and_one_operation_at_a_time(arm):
     from azure.core.exceptions import HttpResponseError
 
@@ -73,6 +76,7 @@ def test_vm_size_cannot_change_and_one_operation_at_a_time(arm):
     assert [r.status for r in arm.pool_requests("PUT")] == [201, 400, 200]
 
 
+@pytest.mark.fake
 def test_requests_never_keep_the_token(arm, settings, seed_workspace):
     aks.ensure_agent_pool(seed_workspace, plan_mod.plan_workspace(seed_workspace, "aks"), settings,
                           credential=StaticCredential())
@@ -99,6 +103,7 @@ def kube():
         server.stop()
 
 
+@pytest.mark.fake
 def test_pool_nodes_appear_in_kube_and_go_with_the_pool(arm, kube, tmp_path, seed_workspace):
     from infra.kube import client, nodes
 

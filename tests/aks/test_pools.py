@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import re
 import string
-import threading
 
 import pytest
 
@@ -180,14 +179,15 @@ def test_pool_still_creating_is_waited_for(arm, credential, seed_workspace):
     name = aks.pool_name(seed_workspace)
     want = aks.desired_pool(seed_workspace, _plan(seed_workspace), settings, "default")["properties"]
     pool = arm.seed_pool(name, want, state="Creating")
-    timer = threading.Timer(0.3, lambda: pool["properties"].update(provisioningState="Succeeded"))
-    timer.start()
-    try:
-        result = aks.ensure_agent_pool(seed_workspace, _plan(seed_workspace), settings, credential=credential)
-    finally:
-        timer.cancel()
+
+    def third_get_finds_it_created(request) -> None:  # the pool is created while kaiflow polls it
+        if len(arm.pool_requests("GET", name)) == 3:
+            pool["properties"]["provisioningState"] = "Succeeded"
+
+    arm.on_request = third_get_finds_it_created
+    result = aks.ensure_agent_pool(seed_workspace, _plan(seed_workspace), settings, credential=credential)
     assert result["created"] is False and arm.pool_requests("PUT") == []
-    assert len(arm.pool_requests("GET", name)) >= 3
+    assert len(arm.pool_requests("GET", name)) == 3  # two answered Creating, the third Succeeded: no more
 
 
 def test_pool_being_deleted_is_busy(arm, settings, credential, seed_workspace):

@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import httpx
@@ -146,14 +146,23 @@ def test_registry_outage_during_push_is_retried(env, tmp_path):
     env["registry"].stop()
     proc = subprocess.Popen([KAIFLOW, "apply", "-f", str(ws)], env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rec_path = Path(env["env"]["KAIFLOW_HOME"]) / "workspaces" / "e2e-retry" / "record.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if rec_path.exists() and "TuningCompleted" in rec_path.read_text():
-            break
-        time.sleep(0.5)
-    time.sleep(2)  # let the first push attempt fail against the stopped registry
+    lines: list[str] = []
+    push_failed = threading.Event()
+
+    def read_output() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Retry 1/" in line:  # Prefect's line once the push task failed against the stopped registry
+                push_failed.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    # the event, not a sleep: the registry comes back only after a push really failed (the bound catches a hang)
+    assert push_failed.wait(600), "".join(lines)
     env["registry"].start()
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    reader.join(60)
+    out = "".join(lines)
     assert proc.returncode == 0, out
     assert "Retry 1/" in out  # Prefect retried the push task after the transient failure
     rec = json.loads(rec_path.read_text())

@@ -7,6 +7,8 @@ import json
 import pytest
 from kubernetes import client, config, dynamic
 
+pytestmark = pytest.mark.fake  # these tests check the fake API server itself, not kaiflow
+
 NS = "default"
 
 

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import pytest
 from kubernetes import client
 
+pytestmark = pytest.mark.fake  # these tests check the fake API server itself, not kaiflow
+
 NS = "default"
 GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
@@ -83,7 +85,7 @@ def test_nodeclaim_failure_reports_the_reason_and_makes_no_node(kube_crds, kube_
     launched = conditions(claim)["Launched"]
     assert launched["status"] == "False" and launched["reason"] == "InsufficientCapacity"
     assert "quota" in launched["message"]
-    time.sleep(0.3)
+    kube_crds.controllers.settle()  # two more passes over the failed claim: still no Node
     assert kube_crds.list("v1", "Node") == []
 
 

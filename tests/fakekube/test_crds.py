@@ -12,6 +12,8 @@ from kubernetes import client, dynamic
 
 from tests.support.fakekube import fixtures
 
+pytestmark = pytest.mark.fake  # these tests check the fake API server itself, not kaiflow
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples" / "seed").glob("*.yaml")) + sorted((REPO / "examples" / "kaito").rglob("*.yaml"))
 NS = "default"

@@ -62,9 +62,26 @@ def test_gpu_limit_of_one_admits_one_job_at_a_time(prefect_api):
 
 
 def test_gpu_limit_of_two_admits_two(prefect_api):
+    """Both threads are inside their slots at once: each waits inside for the other (a barrier),
+    which a limit that admitted one at a time would never let happen (the barrier breaks)."""
     concurrency.ensure_limits({"test-two": 2})
-    spans = hold_in_threads(gpu("test-two"), 2, 1.5)
-    assert spans[1][0] < spans[0][1]  # overlapped
+    both_inside = threading.Barrier(2, timeout=120)  # the timeout only catches a limit that admits one
+    inside_states: list = []
+
+    def enter():
+        import contextlib
+
+        @contextlib.contextmanager
+        def hold():
+            with concurrency.gpu_slots("test-two"):
+                both_inside.wait()
+                inside_states.append(concurrency.slot_state("gpu-test-two"))
+                both_inside.wait()  # nobody leaves before both have read the state
+                yield None
+        return hold()
+
+    hold_in_threads(enter, 2, 0)
+    assert inside_states == [{"limit": 2, "active_slots": 2}] * 2
 
 
 def test_missing_limit_is_created_on_first_use_not_skipped(prefect_api, monkeypatch):

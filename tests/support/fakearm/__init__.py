@@ -35,7 +35,9 @@ What it models:
 - Hooks ``on_pool_ready(pool)`` / ``on_pool_deleted(pool)`` run when an operation succeeds (before the
   client sees ``Succeeded``); :func:`attach_kube` uses them to add/remove the pool's Nodes — AKS
   labels (``kubernetes.azure.com/agentpool``, instance type, mode, OS SKU), the pool's nodeLabels and
-  nodeTaints, GPU count/product/memory from the SKU catalog. Hook exceptions go to ``hook_errors``.
+  nodeTaints, GPU count/product/memory from the SKU catalog. ``on_request(recorded)`` runs with
+  each request before it is answered. Hook exceptions go to ``hook_errors``; those and exceptions
+  while handling a request (answered 500) fail the test (``internal_errors()``, tests/conftest.py).
 - Requests are recorded (method, path, query, JSON body, status); the Authorization header is not.
 
 What it does not model: Azure AD (any bearer token passes unless ``token`` is set), other resource

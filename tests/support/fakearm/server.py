@@ -11,6 +11,7 @@ import shutil
 import ssl
 import tempfile
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support import fake_errors
 from tests.support.fakearm import certs
 
 # What azure-mgmt-containerservice 41.8 sends (its default api-version); others get ARM's 400.
@@ -87,12 +89,17 @@ class FakeArm:
     api_versions: tuple[str, ...] = SUPPORTED_API_VERSIONS
     on_pool_ready: Callable[[dict], None] | None = None
     on_pool_deleted: Callable[[dict], None] | None = None
+    # called with each request, recorded and before it is answered (under the fake's lock): a test
+    # changes the fake's state "after N requests" instead of after some seconds
+    on_request: Callable[[Recorded], None] | None = None
     requests: list[Recorded] = field(default_factory=list)
     pools: dict[str, dict] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     hook_errors: list[BaseException] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.handler_errors: list[str] = []  # exceptions inside request handling (answered 500)
+        fake_errors.register(self)
         self._ops: dict[str, _Operation] = {}
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -121,6 +128,14 @@ class FakeArm:
 
     def __enter__(self) -> "FakeArm":
         return self.start()
+
+    def internal_errors(self) -> list[str]:
+        """Exceptions raised inside the fake: its hooks, its request handling."""
+        return [f"hook: {e!r}" for e in self.hook_errors] + [f"handler: {e}" for e in self.handler_errors]
+
+    def clear_internal_errors(self) -> None:
+        self.hook_errors.clear()
+        self.handler_errors.clear()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -174,6 +189,7 @@ class FakeArm:
         rec = Recorded(method, parts.path, query, parsed, bearer=auth.startswith("Bearer "))
         with self._lock:
             self.requests.append(rec)
+            self._run_hook(self.on_request, rec)
             status, extra, payload = self._route(method, parts.path, query, auth, parsed, body)
         rec.status = status
         return status, extra, payload
@@ -326,11 +342,11 @@ class FakeArm:
             del self.pools[op.pool]
             self._run_hook(self.on_pool_deleted, pool)
 
-    def _run_hook(self, hook: Callable[[dict], None] | None, pool: dict) -> None:
+    def _run_hook(self, hook: Callable[[Any], None] | None, arg: Any) -> None:
         if hook is None:
             return
         try:
-            hook(json.loads(json.dumps(pool)))
+            hook(json.loads(json.dumps(arg)) if isinstance(arg, dict) else arg)
         except BaseException as exc:  # noqa: BLE001 - surfaced to the test through hook_errors
             self.hook_errors.append(exc)
 
@@ -374,7 +390,11 @@ def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            status, headers, payload = fake.handle(self.command, self.path, self.headers, body)
+            try:
+                status, headers, payload = fake.handle(self.command, self.path, self.headers, body)
+            except Exception as exc:  # noqa: BLE001 - a bug in the fake: recorded for the test, answered 500
+                fake.handler_errors.append(f"{self.command} {self.path}: {exc!r}\n{traceback.format_exc()}")
+                status, headers, payload = _err(500, "InternalServerError", f"fakearm failed: {exc!r}")
             data = b"" if payload is None else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("x-ms-request-id", str(uuid.uuid4()))

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import threading
+import traceback
 import uuid
 from typing import Any, Callable
 
@@ -134,9 +135,11 @@ class Controllers:
         # per pod: a callable (pod -> failure or None), e.g. only pods whose spec names a bad image
         self.pod_failure_for: Callable[[dict[str, Any]], str | None] | None = None
         self.interval_s = 0.1
-        self.errors: list[str] = []          # exceptions raised inside the loop, for debugging tests
+        self.errors: list[str] = []          # exceptions raised inside the loop (a test that saw any fails)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._passes = 0                     # full reconcile passes of the loop, for settle()
+        self._passed = threading.Condition()
 
     @property
     def store(self) -> store.Store:
@@ -159,7 +162,19 @@ class Controllers:
                 self.step()
             except Exception as err:  # noqa: BLE001 - a controller bug must not kill the loop silently
                 LOG.exception("fakekube controller step failed")
-                self.errors.append(repr(err))
+                self.errors.append(f"{err!r}\n{traceback.format_exc()}")
+            with self._passed:
+                self._passes += 1
+                self._passed.notify_all()
+
+    def settle(self, passes: int = 2, timeout: float = 30) -> None:
+        """Wait until the loop has made ``passes`` more full reconcile passes: whatever the
+        controllers would do about the state the caller sees now, they have done (an event to wait
+        for instead of a sleep). ``timeout`` only catches a stopped or hung loop."""
+        with self._passed:
+            target = self._passes + passes
+            if not self._passed.wait_for(lambda: self._passes >= target, timeout):
+                raise TimeoutError(f"the fake's controllers made no {passes} passes within {timeout} s")
 
     def step(self) -> None:
         """One reconcile pass over every controller (tests without the thread may call it directly)."""

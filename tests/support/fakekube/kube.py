@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tests.support import fake_errors
 from tests.support.fakekube import controllers as controllers_mod
 from tests.support.fakekube import selectors, server, store
 
@@ -31,6 +32,8 @@ class FakeKube:
         self._run_controllers = controllers
         self._server: server.Server | None = None
         self.url = ""
+        self.handler_errors: list[str] = []  # exceptions inside request handlers (answered 500)
+        fake_errors.register(self)
 
     # ---- lifecycle ----
     def start(self) -> "FakeKube":
@@ -70,6 +73,16 @@ class FakeKube:
         }
         path.write_text(yaml.safe_dump(config))
         return path
+
+    # ---- its own failures ----
+    def internal_errors(self) -> list[str]:
+        """Exceptions raised inside the fake (controllers, ``on_job_complete``, request handlers)."""
+        return [f"controller: {e}" for e in self.controllers.errors] + [f"handler: {e}" for e in self.handler_errors]
+
+    def clear_internal_errors(self) -> None:
+        """Forget them (a test that breaks the fake on purpose)."""
+        self.controllers.errors.clear()
+        self.handler_errors.clear()
 
     # ---- state ----
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:

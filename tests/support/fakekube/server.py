@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+import traceback
 import urllib.parse
 from typing import Any, Callable
 
@@ -124,6 +125,12 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self._error(err)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as err:  # noqa: BLE001 - a bug in the fake: recorded for the test, answered 500
+            self.kube.handler_errors.append(f"{method} {parsed.path}: {err!r}\n{traceback.format_exc()}")
+            try:
+                self._error(store.ApiError(500, "InternalError", f"fakekube handler failed: {err!r}"))
+            except OSError:
+                pass
 
     # ---- routing ----
     def _dispatch(self, method: str, path: str, query: dict[str, str], content_type: str, body: Any) -> None:
