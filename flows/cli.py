@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("get", help="list workspaces")
     g.add_argument("what", choices=["workspaces", "workspace", "ws"])
-    g.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    g.add_argument("name", nargs="?", help="only this workspace (as `kubectl get workspace NAME`)")
+    g.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table",
+                   help="wide: also the endpoint and the server's restarts")
     d = sub.add_parser("describe", help="conditions, endpoint, adapters and last flow run of a workspace")
     d.add_argument("what", choices=["workspace", "ws"])
     d.add_argument("name")
@@ -60,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="logs of a workspace's inference server and last tuning run")
     lg.add_argument("name")
     lg.add_argument("--tuning", action="store_true", help="the tuning log instead of the server's")
+    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing what is added, until Ctrl-C")
+    lg.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     ch = sub.add_parser("chat", help="ask a workspace's endpoint (POST /chat)")
     ch.add_argument("name")
     ch.add_argument("prompt")
@@ -81,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--timezone", help="IANA timezone, e.g. Europe/Berlin (default UTC)")
     sc.add_argument("-f", "--filename", action="append", help="workspace YAML (default: the spec kaiflow apply recorded)")
     sc.add_argument("--platform", choices=platforms.NAMES, help="default: the worker's $KAIFLOW_PLATFORM")
+    for command in sub.choices.values():  # `kaiflow apply --debug` as well as `kaiflow --debug apply`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
@@ -112,29 +119,42 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def cmd_validate(args) -> int:
-    from workspace import loader
+    """Each file: every problem on a line of its own (``error: FILE: FIELD: what to change``), Kaito's
+    admission rules included; then notes (placeholders to replace, ConfigMaps the cluster must hold)."""
+    from workspace import admission, loader
+    from workspace.errors import SpecError
 
+    failed = 0
     for f in args.filename:
-        b = loader.load_file(f, require_workspace=False)
+        try:
+            b = loader.load_file(f, require_workspace=False)
+        except SpecError as exc:
+            failed += 1
+            for line in str(exc).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            continue
         parts = [f"{len(b.workspaces)} workspace(s)" + (f" ({', '.join(w.name for w in b.workspaces)})" if b.workspaces else "")]
         if b.config_maps:
             parts.append(f"ConfigMap(s) {', '.join(b.config_maps)}")
         if b.secrets:
             parts.append(f"Secret(s) {', '.join(b.secrets)}")
         for w in b.workspaces:
+            for note in admission.notes(w):
+                print(f"{f}: note: {w.name}: {note.path}: {note.message}")
             for field, ref in (("inference.config", w.inference and w.inference.config), ("tuning.config", w.tuning and w.tuning.config)):
                 if ref and ref not in b.config_maps:
                     print(f"{f}: note: {w.name}: {field} names ConfigMap '{ref}', not in this file; "
                           "on the local platform add it to the file (kubernetes reads it from the cluster)")
         print(f"{f}: valid: " + "; ".join(parts))
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_plan(args) -> int:
     from workspace import loader, plan
 
     bundle = loader.load_files(args.filename)
-    plans = [plan.plan_workspace(w, "kubernetes", on_host=args.on_host) for w in bundle.workspaces]
+    plans = [plan.plan_workspace(w, "kubernetes", on_host=args.on_host, config_maps=bundle.config_maps)
+             for w in bundle.workspaces]
     if args.output == "json":
         print(json.dumps([{"name": p.name, "instanceType": p.instance_type, "fits": p.fits,
                            "parts": [vars(x) for x in p.parts]} for p in plans], indent=2, default=str))
@@ -145,6 +165,10 @@ def cmd_plan(args) -> int:
                 mark = {True: "fits", False: "DOES NOT FIT", None: "not sized"}[part.fits]
                 print(f"  {part.part:<10} {part.model:<32} {mark}")
                 print(f"             {part.summary}")
+                for line in part.arithmetic:
+                    print(f"             {line}")
+                for note in part.notes:
+                    print(f"             note: {note}")
                 if part.reason:
                     print(f"             {part.reason}")
     return 0 if all(p.fits for p in plans) else 1

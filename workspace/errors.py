@@ -18,6 +18,8 @@ authentication errors fail at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class KaiflowError(Exception):
     """Base of every error kaiflow raises on purpose."""
@@ -37,8 +39,32 @@ class KaiflowError(Exception):
         return self.message
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workspace file: where (the field path in the YAML's camelCase spelling,
+    e.g. ``resource.labelSelector``; empty for the document itself) and what to change."""
+
+    path: str
+    message: str
+
+    def line(self, source: str) -> str:
+        return f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
+
+
 class SpecError(KaiflowError):
+    """A workspace file or field is wrong. ``problems`` holds each finding (one per line of the
+    message) so callers and tests can see every field path, not just the first."""
+
     reason = "InvalidSpec"
+
+    def __init__(self, message: str, *, problems: list[Problem] | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.problems: list[Problem] = list(problems or [])
+
+    @classmethod
+    def of(cls, source: str, problems: list[Problem]) -> "SpecError":
+        """One error naming every problem, one per line, each line starting with ``source``."""
+        return cls("\n".join(p.line(source) for p in problems), problems=problems)
 
 
 class SizingError(KaiflowError):

@@ -5,9 +5,12 @@ name (``inference.config``, ``tuning.config``, ``presetOptions.modelAccessSecret
 kept by name so the flow can read ``training_config.yaml`` / ``inference_config.yaml`` from them;
 Secrets are only noted by name — their data never leaves the file.
 
-Every problem becomes a ``SpecError`` whose message names the file, the field path in the YAML's
-own camelCase spelling, and what to change, e.g.
-``ws.yaml: tuning.method: 'qlora4' is not one of lora, qlora``.
+Every problem becomes one line of a ``SpecError`` (all of a file's problems in one error, its
+``problems`` holding each) that names the file, the field path in the YAML's own camelCase spelling,
+and what to change, e.g. ``ws.yaml: tuning.method: 'qlora4' is not one of lora, qlora``. A misspelt
+field is one line (``resource: unknown field 'labelselector'; did you mean 'labelSelector'?``), not
+"unknown" plus "missing". A workspace that parses then goes through Kaito's admission rules
+(``workspace.admission``), so ``validate``, ``plan`` and ``apply`` refuse what Kaito's webhook refuses.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from workspace import spec
-from workspace.errors import SpecError
+from workspace import admission, settings, spec
+from workspace.errors import Problem, SpecError
 
 
 @dataclass
@@ -74,13 +77,25 @@ def load_text(text: str, *, source: str = "<input>", require_workspace: bool = T
     if not docs:
         raise SpecError(f"{source}: the file is empty; it should hold a Workspace (kind: Workspace)")
     bundle = Bundle()
+    lines: list[str] = []
+    problems: list[Problem] = []
+    parsed: list[tuple[str, spec.Workspace]] = []
+
+    def refuse(where: str, found: list[Problem]) -> None:
+        problems.extend(found)
+        lines.extend(p.line(where) for p in found)
+
     for i, doc in enumerate(docs):
         where = source if len(docs) == 1 else f"{source} (document {i + 1})"
         if not isinstance(doc, dict):
             raise SpecError(f"{where}: expected a mapping with apiVersion, kind and metadata, found {type(doc).__name__}")
         kind = doc.get("kind")
         if kind == "Workspace":
-            bundle.workspaces.append(parse_workspace(doc, source=where))
+            ws, found = _parse(doc)
+            refuse(where, found)
+            if ws is not None:
+                bundle.workspaces.append(ws)
+                parsed.append((where, ws))
         elif kind == "ConfigMap":
             name = (doc.get("metadata") or {}).get("name")
             if not name:
@@ -92,23 +107,37 @@ def load_text(text: str, *, source: str = "<input>", require_workspace: bool = T
             raise SpecError(f"{where}: kind: required; add 'kind: Workspace'")
         else:
             bundle.other.append(doc)
+    names = [w.name for w in bundle.workspaces]
+    for dupe in sorted({n for n in names if names.count(n) > 1}):
+        refuse(source, [Problem("metadata.name", f"workspace names must be unique in a file; repeated: {dupe}")])
+    if not problems:
+        s = settings.load()
+        for where, ws in parsed:
+            refuse(where, admission.admit(ws, bundle.config_maps, allow_private_urls=s.allow_private_urls,
+                                          platform=s.platform, provisioner=s.provisioner))
+    if problems:
+        raise SpecError("\n".join(lines), problems=problems)
     if not bundle.workspaces and require_workspace:
         raise SpecError(f"{source}: no Workspace found (kinds seen: {', '.join(sorted({str(d.get('kind')) for d in docs}))})")
-    names = [w.name for w in bundle.workspaces]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SpecError(f"{source}: workspace names must be unique in a file; repeated: {', '.join(dupes)}")
     return bundle
 
 
-def parse_workspace(doc: dict[str, Any], *, source: str = "<input>") -> spec.Workspace:
+def _parse(doc: dict[str, Any]) -> tuple[spec.Workspace | None, list[Problem]]:
     api = doc.get("apiVersion")
     if api not in spec.API_VERSIONS:
-        raise SpecError(f"{source}: apiVersion: '{api}' is not one of {', '.join(spec.API_VERSIONS)}")
+        return None, [Problem("apiVersion", f"'{api}' is not one of {', '.join(spec.API_VERSIONS)}")]
     try:
-        return spec.Workspace.model_validate(doc)
+        return spec.Workspace.model_validate(doc), []
     except ValidationError as exc:
-        raise SpecError(f"{source}: " + "; ".join(_messages(exc))) from None
+        return None, _problems(exc)
+
+
+def parse_workspace(doc: dict[str, Any], *, source: str = "<input>") -> spec.Workspace:
+    """One Workspace document, parsed (not put through the admission rules)."""
+    ws, found = _parse(doc)
+    if ws is None:
+        raise SpecError("\n".join(p.line(source) for p in found), problems=found)
+    return ws
 
 
 def dump(ws: spec.Workspace) -> str:
@@ -119,13 +148,29 @@ def dump(ws: spec.Workspace) -> str:
 # -- readable validation errors ---------------------------------------------------------------
 
 
-def _messages(exc: ValidationError) -> list[str]:
-    out: list[str] = []
+def _problems(exc: ValidationError) -> list[Problem]:
+    """pydantic's errors as problems, a misspelt field once: an unknown field whose close match is a
+    missing required field beside it is one problem, not two."""
+    errs = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
-        path = _path(loc)
-        prefix = f"{path}: " if path else ""
-        out.append(prefix + _describe(err, loc))
+        errs.append((err, loc))
+    close_of: dict[int, str] = {}
+    for i, (err, loc) in enumerate(errs):
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_fields(loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                close_of[i] = close[0]
+    covered = {tuple(errs[i][1][:-1]) + (c,) for i, c in close_of.items()}
+    out: list[Problem] = []
+    for i, (err, loc) in enumerate(errs):
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(loc[:-1])
+            hint = (f"; did you mean '{close_of[i]}'?" if i in close_of
+                    else f"; known fields: {', '.join(known)}" if known else "")
+            out.append(Problem(_path(loc[:-1]), f"unknown field '{loc[-1]}'{hint}"))
+        elif not (err["type"] == "missing" and tuple(loc) in covered):
+            out.append(Problem(_path(loc), _describe(err, loc)))
     return out
 
 
@@ -143,11 +188,6 @@ def _describe(err: Any, loc: list[Any]) -> str:
         expected = err.get("ctx", {}).get("expected", "")
         choices = ", ".join(c.strip().strip("'") for c in expected.replace(" or ", ",").split(","))
         return f"'{value}' is not one of {choices}"
-    if kind == "extra_forbidden":
-        known = _known_fields(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else (f"; known fields: {', '.join(known)}" if known else "")
-        return f"unknown field{hint}"
     if kind == "missing":
         return "required field is missing; add it"
     msg = err["msg"]

@@ -21,6 +21,7 @@ API_VERSIONS = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_ADAPTERS = 10
+RUNTIMES = ("vllm", "transformers")  # the values of the kaito.sh/runtime annotation; vllm is the default
 
 
 class Model(BaseModel):
@@ -65,8 +66,9 @@ class LabelSelector(Model):
 
 
 class ResourcePartition(Model):
-    mode: str | None = Field(None, description="Partition mode, e.g. 'accelerator' (BYO nodes, feature gate enableAccelerator).")
-    count: int | None = Field(None, ge=1, description="Number of accelerator partitions.")
+    mode: str | None = Field(None, description="Partition mode: 'accelerator' (whole GPUs) or 'mig' (an NVIDIA MIG slice); your own nodes only.")
+    count: int | None = Field(None, ge=1, description="Number of whole GPUs (accelerator mode only).")
+    profile: str | None = Field(None, description="MIG profile, e.g. 1g.10gb (mig mode only).")
 
 
 class ResourceSpec(Model):
@@ -200,6 +202,11 @@ class TuningSpec(Model):
     input: DataSource = Field(description="The training data.")
     output: DataDestination = Field(description="Where the tuned adapter goes.")
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_any_case(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) and v.lower() in ("lora", "qlora") else v  # Kaito compares lowercased
+
 
 class Condition(Model):
     type: str = Field(description="ResourceReady, JobStarted, InferenceReady, WorkspaceReady or WorkspaceSucceeded.")
@@ -242,6 +249,13 @@ class Workspace(Model):
     @property
     def instance_type(self) -> str | None:
         return self.resource.instance_type if self.resource else None
+
+    @property
+    def runtime(self) -> str:
+        """The inference runtime the ``kaito.sh/runtime`` annotation picks: ``transformers`` when it says so,
+        else ``vllm`` (Kaito's default; ``kaiflow validate`` refuses other values)."""
+        value = (self.metadata.annotations or {}).get("kaito.sh/runtime")
+        return "transformers" if value == "transformers" else "vllm"
 
     def effective_adapters(self) -> list[AdapterSpec]:
         """Adapters to serve. With tuning and inference together, the fresh adapter is served too."""

@@ -67,10 +67,11 @@ def test_both_tuning_and_inference_serve_the_fresh_adapter():
 apiVersion: kaito.sh/v1beta1
 kind: Workspace
 metadata: {name: both}
+resource: {instanceType: local}
 tuning:
   preset: {name: tiny-phi-3}
   method: qlora
-  input: {urls: ['http://127.0.0.1:1/d.jsonl']}
+  input: {urls: ['https://example.com/d.jsonl']}
   output: {image: 127.0.0.1:5000/adapters/both:1}
 inference:
   preset: {name: tiny-phi-3}
