@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -16,25 +15,6 @@ from workspace.errors import KaiflowError
 def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-class _NoTracebackForKaiflowErrors(logging.Filter):
-    """kaiflow's own errors carry a message that says what to change; their tracebacks are noise
-    (``--debug`` keeps them)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KaiflowError):
-            record.exc_info, record.exc_text = None, None
-            if "Finished in state Failed" not in record.getMessage():
-                record.msg, record.args = record.getMessage().splitlines()[0], ()
-        return True
-
-
-def _filter_prefect_tracebacks() -> None:
-    f = _NoTracebackForKaiflowErrors()
-    for name in ["prefect", *[n for n in logging.Logger.manager.loggerDict if n.startswith("prefect")]]:
-        for h in logging.getLogger(name).handlers:
-            h.addFilter(f)
 
 
 def cmd_apply(args) -> int:
@@ -62,8 +42,9 @@ def cmd_apply(args) -> int:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     from flows.workspace_flow import workspace_flow
 
-    if not args.debug:
-        _filter_prefect_tracebacks()
+    from flows import console
+
+    console.install(debug=args.debug)
 
     print(f"Prefect API: {api}", file=sys.stderr)
     failed = 0
@@ -109,7 +90,10 @@ def _require(name: str) -> records.WorkspaceRecord:
 def cmd_get(args) -> int:
     from flows.cli import _table
 
-    rows, views = [], [_view(rec) for n in records.names() if (rec := records.load(n))]
+    names = [args.name] if getattr(args, "name", None) else records.names()
+    if getattr(args, "name", None):
+        _require(args.name)
+    rows, views = [], [_view(rec) for n in names if (rec := records.load(n))]
     for r in views:
         if "error" in r.get("cluster", {}):
             print(f"note: {r['name']}: cluster not reachable, showing the local record: {r['cluster']['error']}",
@@ -118,10 +102,13 @@ def cmd_get(args) -> int:
         rows.append([r["name"], r.get("instance") or "-", status.condition_value(c, status.RESOURCE_READY),
                      status.condition_value(c, status.INFERENCE_READY), status.condition_value(c, status.WORKSPACE_READY),
                      _age(r.get("created"))])
+        if args.output == "wide":
+            rows[-1] += [r.get("endpoint") or "<none>", str((r.get("server") or {}).get("restarts", 0))]
+    headers = ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "WORKSPACEREADY", "AGE"]  # the seed's columns
     if args.output == "json":
         print(json.dumps(views, indent=2))
     elif rows:
-        print(_table(rows, ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "WORKSPACEREADY", "AGE"]))
+        print(_table(rows, headers + (["ENDPOINT", "RESTARTS"] if args.output == "wide" else [])))
     else:
         print("No workspaces found.")
     return 0
@@ -147,13 +134,17 @@ def cmd_describe(args) -> int:
             print(f"Worker nodes:  {', '.join(c['worker_nodes'])}")
     print(f"Instance:      {r.get('instance', '-')}")
     print(f"Created:       {r.get('created')}")
-    running = r.get("server_running")
+    running = r.get("server_ready", r.get("server_running"))
     print(f"Endpoint:      {r.get('endpoint') or '-'}"
           + ("" if running is None else (" (running)" if running else " (not running)")))
+    if server.get("supervisor_pid"):  # local: the supervised server, counted like a pod's RESTARTS
+        print(f"Server:        pid {server.get('pid')}, supervisor pid {server['supervisor_pid']}, "
+              f"restarts {server.get('restarts', 0)}" + (f", last exit: {server['last_exit']}" if server.get("last_exit") else "")
+              + (f", down since {server['down_since']}" if server.get("down_since") else ""))
     if r.get("adapter_image"):
         print(f"Tuned image:   {r['adapter_image']}")
     for a in server.get("adapters", []):
-        print(f"Adapter:       {a['name']}  {a.get('image', '')}  {a['digest']}  strength {a['strength']}")
+        print(f"Adapter:       {_adapter_line(a)}")
     print(f"Last flow run: {r.get('last_flow_run') or '-'}")
     print("Conditions:")
     for c in r.get("conditions", []):
@@ -162,6 +153,14 @@ def cmd_describe(args) -> int:
     for e in r.get("events", [])[-15:]:
         print(f"  {e['time']}  {e['type']:<8} {e['reason']:<20} {e['message']}")
     return 0
+
+
+def _adapter_line(adapter: dict) -> str:
+    """One served adapter, its digest said once: ``NAME  IMAGE@DIGEST  strength S``."""
+    name, image, digest = adapter["name"], adapter.get("image") or "", adapter.get("digest") or ""
+    shown = image if (not digest or digest in image) else f"{image.split('@')[0]}@{digest}" if image else digest
+    strength = adapter.get("strength")
+    return "  ".join(x for x in (name, shown, "" if strength is None else f"strength {strength}") if x)
 
 
 def cmd_delete(args) -> int:
@@ -176,8 +175,34 @@ def cmd_delete(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    record = _require(args.name)  # local: its log files; a cluster: the newest pod's log
-    sys.stdout.write(platforms.get(record.platform).logs(record, "tuning" if args.tuning else "inference"))
+    """The log of a workspace's server (or last tuning run): all of it, its last ``--tail`` lines, and
+    with ``-f`` what is added after, until Ctrl-C. Local: its log files; a cluster: the newest pod's log
+    (``-f`` polls it every ``--interval`` seconds and prints what is new)."""
+    import time
+
+    record = _require(args.name)
+    where, part = platforms.get(record.platform), "tuning" if args.tuning else "inference"
+    text = where.logs(record, part)
+    shown = text
+    if args.tail is not None:
+        lines = text.splitlines(keepends=True)
+        shown = "".join(lines[-args.tail:]) if args.tail > 0 else ""
+    sys.stdout.write(shown)
+    sys.stdout.flush()
+    try:
+        while args.follow:
+            time.sleep(args.interval)
+            try:
+                now = where.logs(_require(args.name), part)
+            except KaiflowError:
+                continue  # between a server's stop and its successor's first line
+            new = now[len(text):] if now.startswith(text) else now  # a new log (restarted server): all of it
+            if new:
+                sys.stdout.write(new)
+                sys.stdout.flush()
+            text = now
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

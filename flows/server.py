@@ -150,6 +150,10 @@ def trigger_workspace(ws, config_maps: dict[str, dict[str, str]], platform: str 
     api = prefect_server.ensure()
     d = deployments.BY_FLOW["workspace"]
     params = deployments.retrain_parameters(ws, config_maps, platform)
+    passed = settings.for_run()  # the worker does not see this shell's environment
+    if passed:
+        params["run_settings"] = passed
+        print(f"passing with the run: {', '.join(f'{k}={v}' for k, v in sorted(passed.items()))}", file=sys.stderr)
     with get_client(sync_client=True) as client:
         try:
             client.read_deployment_by_name(d.full_name)

@@ -26,6 +26,7 @@ from tasks import provision as provision_task
 from tasks import push as push_task
 from tasks import tune as tune_task
 from tasks.common import artifact_key
+from workspace import settings as kaiflow_settings
 from workspace import spec, status
 from workspace.errors import KaiflowError
 
@@ -45,8 +46,18 @@ def workspace_flow(
     workspace: spec.Workspace,
     config_maps: dict[str, dict[str, str]] | None = None,
     platform: str | None = None,
+    run_settings: dict[str, str] | None = None,
 ) -> dict:
-    """Apply a Kaito workspace: provision, pull data, tune, push the adapter image, deploy inference."""
+    """Apply a Kaito workspace: provision, pull data, tune, push the adapter image, deploy inference.
+
+    ``run_settings``: the caller's run-shaping ``KAIFLOW_*`` variables (``workspace.settings.RUN_SETTINGS``),
+    applied for this run over the environment of the process that runs it (``apply --via-server``).
+    """
+    with kaiflow_settings.applied(run_settings):
+        return _apply(workspace, config_maps, platform)
+
+
+def _apply(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]] | None, platform: str | None) -> dict:
     log = get_run_logger()
     config_maps = config_maps or {}
     where = platforms.get(platform)
@@ -60,7 +71,7 @@ def workspace_flow(
                    instance=workspace.instance_type or "local")
     result: dict = {"name": name}
     try:
-        result["provision"] = provision_task.provision(workspace, platform).model_dump()
+        result["provision"] = provision_task.provision(workspace, platform, config_maps).model_dump()
         image = None
         if workspace.tuning:
             data = dataset_task.pull_dataset(workspace, platform)
@@ -71,7 +82,7 @@ def workspace_flow(
             result["image"] = image.model_dump()
             records.update(name, adapter_image=image.reference, tuning_cache_key=tuned.cache_key, dataset_digest=data.digest)
         if workspace.inference:
-            nodes = concurrency.nodes_for(where.plan(workspace), workspace)
+            nodes = concurrency.nodes_for(where.plan(workspace, config_maps), workspace)
             with concurrency.gpu_slots(sku, nodes, f"inference of {name}"):
                 result["inference"] = deploy_task.deploy(workspace, image, config_maps, platform).model_dump()
             report.condition(status.WORKSPACE_READY, True, "WorkspaceReady", "everything the workspace asked for is up")
@@ -81,7 +92,7 @@ def workspace_flow(
     except KaiflowError as exc:
         report.condition(status.WORKSPACE_READY, False, exc.reason, str(exc))
         report.event(exc.reason, str(exc), kind="Warning")
-        log.error("workspace %s failed: %s", name, exc)
+        log.error("workspace %s failed: %s", name, exc, extra={"kaiflow_final": True})  # the CLI prints it
         raise
     finally:
         _status_table(name)

@@ -55,6 +55,7 @@ class _ToRunLogger(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self.thread:
             self.run_logger.log(record.levelno, record.getMessage())
+            record.kaiflow_forwarded = True  # printed as the task's: flows.console drops the original
 
 
 def on_platform(platform: str | None) -> contextlib.AbstractContextManager[Platform]:

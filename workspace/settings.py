@@ -8,6 +8,9 @@ that sets a variable sees it at once. ``home`` (``KAIFLOW_HOME``) is inherited f
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -84,3 +87,48 @@ class Settings(HomeSettings):
 
 def load() -> Settings:
     return Settings()
+
+
+RUN_SETTINGS = (
+    "allow_private_urls", "dataset_attempts", "dataset_backoff_s", "max_dataset_bytes", "retry_backoff_s",
+    "engine", "health_timeout_s", "registry", "insecure_registries", "registry_attempts", "registry_backoff_s",
+    "namespace", "provisioner", "image", "kube_wait_timeout_s", "retrain_tolerance", "retrain_holdout",
+)
+"""Settings that shape one run and travel with it when another process runs it (``apply --via-server``,
+a deployment run): a worker started earlier, in another shell, does not see the caller's environment.
+Left out on purpose: secrets (registry password, database URL: never in flow parameters), paths of
+the machine that runs the flow (home, kubeconfig, docker config, OCI layout root), and what belongs to
+the server as a whole (its GPU quota, work pool, where it listens)."""
+
+
+def env_name(field: str) -> str:
+    return "KAIFLOW_" + field.upper()
+
+
+def for_run() -> dict[str, str]:
+    """The run-shaping ``KAIFLOW_*`` variables this process's environment sets, to pass with a run."""
+    return {env_name(f): os.environ[env_name(f)] for f in RUN_SETTINGS if env_name(f) in os.environ}
+
+
+@contextmanager
+def applied(values: dict[str, str] | None) -> Iterator[Settings]:
+    """Run with ``values`` (from :func:`for_run` of the caller) over this process's environment, then restore it.
+
+    Refuses names outside :data:`RUN_SETTINGS` and values the setting does not accept, naming both.
+    """
+    values = dict(values or {})
+    allowed = {env_name(f) for f in RUN_SETTINGS}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"settings: {', '.join(unknown)} cannot be passed with a run; "
+                         f"these can: {', '.join(sorted(allowed))}")
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield load()  # validates the values: a bad one fails here, naming the variable
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

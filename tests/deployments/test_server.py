@@ -130,3 +130,31 @@ def test_prefect_yaml_deploys_the_same_deployments(stack):
     assert "Workspace" in deployment(stack["api"], "workspace/workspace")["parameter_openapi_schema"]["definitions"]
     # kaiflow deploy registers them back (same shape)
     assert subprocess.run([KAIFLOW, "deploy"], env=stack["env"], capture_output=True, timeout=60).returncode == 0
+
+
+def test_apply_via_server_passes_the_callers_run_settings_with_the_run(stack, tmp_path):
+    """Issue 24 item 5: `KAIFLOW_ALLOW_PRIVATE_URLS=true kaiflow apply --via-server` failed with "set
+    KAIFLOW_ALLOW_PRIVATE_URLS=true": the worker (started earlier, without it) never saw the caller's
+    environment. The run-shaping settings now travel as the run's ``run_settings`` parameter. The data
+    URL is a 404 on loopback (the Prefect API itself), so the run fails fast either way: with the setting
+    passed it gets as far as the download (404), without it the URL policy refuses the address."""
+    import yaml
+
+    ws = tiny_workspace("tiny-env")
+    ws["tuning"] = {"preset": {"name": "tiny-phi-3"}, "method": "qlora",
+                    "input": {"urls": [f"{stack['api']}/no-such-file.parquet"]}, "output": {"image": "adapters/tiny-env:1"}}
+    del ws["inference"]
+    f = tmp_path / "ws.yaml"
+    f.write_text(yaml.safe_dump(ws))
+    env = {**stack["env"], "KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_DATASET_ATTEMPTS": "1"}
+    out = subprocess.run([KAIFLOW, "apply", "--via-server", "-f", str(f)], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1, out.stdout + out.stderr
+    passed = re.search(r"passing with the run: (.*)", out.stderr).group(1)
+    assert "KAIFLOW_ALLOW_PRIVATE_URLS=true" in passed and "KAIFLOW_DATASET_ATTEMPTS=1" in passed
+    assert "workspace tiny-env: Failed" in out.stdout and "404" in out.stdout, out.stdout
+    assert "KAIFLOW_ALLOW_PRIVATE_URLS" not in out.stdout  # the policy let the address through
+    run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", out.stdout).group(1)
+    run = httpx.get(f"{stack['api']}/flow_runs/{run_id}", timeout=10).json()
+    sent = run["parameters"]["run_settings"]
+    assert sent["KAIFLOW_ALLOW_PRIVATE_URLS"] == "true" and sent["KAIFLOW_DATASET_ATTEMPTS"] == "1"
+    subprocess.run([KAIFLOW, "delete", "workspace", "tiny-env"], env=stack["env"], capture_output=True, timeout=60)
