@@ -286,11 +286,14 @@ def _inference(ws: spec.Workspace, cms: dict[str, dict[str, str]]) -> list[Probl
     if inf.preset is not None:
         problems, model, known = _preset(inf.preset, "inference.preset")
         out += problems
-        if known and ws.runtime == "transformers":
-            out += _transformers_runtime(ws, inf.preset.name, model)
+        if known:
+            out += _fit(ws, inf.preset.name, model)
     for i, a in enumerate(inf.adapters or []):
         if a.source.image:
             out += _image(f"inference.adapters[{i}].source.image", a.source.image)
+        else:
+            out.append(Problem(f"inference.adapters[{i}].source.image", (
+                "required field is missing: the OCI image holding the adapter, e.g. myregistry.azurecr.io/adapters/x:0.1")))
         for j, secret in enumerate(a.source.image_pull_secrets or []):
             out += _secret(f"inference.adapters[{i}].source.imagePullSecrets[{j}]", secret)
     if ws.runtime == "vllm" and inf.preset is not None and known:
@@ -325,29 +328,53 @@ def _preset(p: spec.PresetSpec, where: str) -> tuple[list[Problem], presets.Mode
     return out, model, True
 
 
-def _transformers_runtime(ws: spec.Workspace, name: str, model: presets.ModelPreset | None) -> list[Problem]:
-    path = f"metadata.annotations[{RUNTIME_ANNOTATION}]"
-    if name.lower() in NO_TRANSFORMERS_RUNTIME:
-        return [Problem(path, f"model {name} does not support inference with the transformers runtime; "
-                              "remove the annotation (vllm, the default)")]
-    instance = ws.instance_type or ""
-    if model is None or not instance or instance == LOCAL:
+def _fit(ws: spec.Workspace, name: str, model: presets.ModelPreset | None) -> list[Problem]:
+    """Kaito's admission-time sizing: the transformers runtime cannot span nodes (never bypassed); the
+    v1alpha1 webhook and the transformers runtime refuse a model the nodes cannot hold, and a MIG slice
+    smaller than the weights, unless kaito.sh/bypass-resource-checks is set. vLLM on v1beta1 is sized by
+    ``kaiflow plan`` (Kaito: the node estimator)."""
+    runtime_path = f"metadata.annotations[{RUNTIME_ANNOTATION}]"
+    transformers = ws.runtime == "transformers"
+    if transformers and name.lower() in NO_TRANSFORMERS_RUNTIME:
+        return [Problem(runtime_path, f"model {name} does not support inference with the transformers runtime; "
+                                      "remove the annotation (vllm, the default)")]
+    if model is None:
         return []
+    bypass = BYPASS_ANNOTATION in (ws.metadata.annotations or {})
+    r = ws.resource or spec.ResourceSpec()
+    weights_gib = sizing.gib(model.weights_gb)
+    if r.partition is not None and r.partition.mode == "mig" and r.partition.profile in MIG_PROFILES and not bypass:
+        slice_gib = int(float(r.partition.profile.split(".")[1].removesuffix("gb")))
+        if weights_gib > slice_gib:
+            return [Problem("resource.partition.profile", (
+                f"{name} needs at least {weights_gib:.1f} GiB for its weights, more than the {r.partition.profile} "
+                "MIG slice holds; pick a larger profile"))]
+    instance = r.instance_type or ""
     try:
-        sku = presets.get_sku(instance)
+        sku = presets.get_sku(instance) if instance and instance != LOCAL else None
     except presets.UnknownSku:
+        sku = None
+    if sku is None or sku.gpu_count == 0:
         return []
-    if sku.gpu_count == 0:
-        return []
-    p = sizing.plan_inference(model, sku)
-    if p.fits and p.pipeline_parallel_size <= 1:
-        return []
-    need = f"needs {p.nodes} nodes of {sku.name}" if p.fits else f"does not fit {sku.name}"
-    fitting = sizing.fitting_skus(model, cloud=sku.cloud, limit=3)
-    return [Problem(path, (
-        f"the transformers runtime cannot run a model across nodes, and {name} ({model.weights_gb:g} GB of weights) "
-        f"{need}: pick an instance type where it fits on one node ({', '.join(fitting) or 'none'}) or remove the "
-        "annotation to serve it with vllm"))]
+    fitting = ", ".join(sizing.fitting_skus(model, cloud=sku.cloud, limit=3)) or "none"
+    needed = sizing.plan_inference(model, sku)  # count None: the nodes the model needs
+    if transformers:
+        p = needed
+        if not p.fits or p.nodes > 1:
+            need = f"needs {p.nodes} nodes of {sku.name}" if p.fits else f"does not fit {sku.name}"
+            return [Problem(runtime_path, (
+                f"the transformers runtime cannot run a model across nodes, and {name} ({model.weights_gb:g} GB of "
+                f"weights) {need}: pick an instance type where it fits on one node ({fitting}) or remove the "
+                "annotation to serve it with vllm"))]
+    if (transformers or ws.api_version == "kaito.sh/v1alpha1") and not bypass:
+        count = r.count or 1  # Kaito's default
+        if not needed.fits or needed.nodes > count:
+            why = f"it needs {needed.nodes} nodes" if needed.fits else (needed.reason or "too little GPU memory")
+            return [Problem("resource.instanceType", (
+                f"{count} x {sku.name} ({sku.gpu_count} x {sku.gpu_memory_gib:g} GiB) cannot hold {name}: {why} "
+                "(Kaito: insufficient total GPU memory); raise resource.count or pick an instance type that fits "
+                f"on one node: {fitting}"))]
+    return []
 
 
 def _inference_config(ws: spec.Workspace, cms: dict[str, dict[str, str]], model: presets.ModelPreset | None) -> list[Problem]:
@@ -406,8 +433,9 @@ def _v1alpha1_max_model_len(ws: spec.Workspace, model: presets.ModelPreset | Non
     suggestion = 4096
     if model is not None and sku is not None and sku.gpu_count > 0:
         p = sizing.plan_inference(model, sku, r.count)
-        if p.fits and p.context_low:
-            suggestion = p.context_low  # the low end of what vLLM's auto-fit is expected to pick
+        low = getattr(p, "context_low", None) or p.max_model_len  # the low end of what vLLM's auto-fit picks
+        if p.fits and isinstance(low, int) and low > 0:
+            suggestion = low
     return [Problem(where, (
         "kaito.sh/v1alpha1 needs max-model-len in the vllm section of inference_config.yaml on multi-GPU "
         "instances with less than 20 GiB per GPU or on more than one node: add a ConfigMap with "
@@ -544,7 +572,7 @@ def image_problem(ref: str) -> str | None:
     else:
         domain, remainder = "", ref
     repo = remainder.split("@", 1)[0].split(":", 1)[0]
-    if repo.lower() != repo:
+    if repo.lower() != repo and _REFERENCE.match(ref.replace(repo, repo.lower(), 1)):
         fixed = (f"{domain}/" if domain else "") + remainder.replace(repo, repo.lower(), 1)
         return f"'{ref}': the repository name ({repo}) must be lowercase, e.g. '{fixed}'"
     m = _REFERENCE.match(ref)
