@@ -171,7 +171,14 @@ def cmd_plan(args) -> int:
                     print(f"             note: {note}")
                 if part.reason:
                     print(f"             {part.reason}")
-    return 0 if all(p.fits for p in plans) else 1
+    from infra import datasets  # tuning data that answers 404 or an HTML page: said now, not after provisioning
+    from workspace import settings
+
+    private = settings.load().allow_private_urls
+    found = [f for w in bundle.workspaces if w.tuning for u in w.tuning.input.urls or [] if (f := datasets.probe(u, private))]
+    for level, message in found:
+        print(f"{level}: {message}", file=sys.stderr)
+    return 0 if all(p.fits for p in plans) and all(level != "error" for level, _ in found) else 1
 
 
 def cmd_presets(args) -> int:

@@ -626,3 +626,49 @@ def _remove_stale(dest: Path, previous: Fingerprint | None, keep: set[str]) -> N
 def load_fingerprint(dest_dir: Path | str) -> Fingerprint | None:
     """The fingerprint of the last pull into ``dest_dir``, or None."""
     return _load_record(Path(dest_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# plan-time check of dataset URLs
+# ---------------------------------------------------------------------------------------------
+def probe(url: str, allow_private: bool, *, timeout_s: float = 5.0) -> tuple[str, str] | None:
+    """What ``kaiflow plan`` says about a tuning dataset URL before anything is provisioned:
+    ``("error", why)`` when it certainly cannot be pulled (it answers 404/410, it answers an HTML page
+    instead of a data file, its host resolves to an address the pull refuses), ``("warning", why)``
+    when it could not be checked from here (unreachable, another HTTP error), None when it looks
+    fine. Reads at most 1 KiB; follows redirects, checking each hop as the pull does."""
+    if url.startswith("hf://"):
+        return None
+    shown = redact(url)
+    try:
+        check_url(url, allow_private)
+    except errors.DatasetError as exc:
+        return ("warning", f"{shown}: not checked: {exc}") if exc.transient else ("error", str(exc))
+
+    def hop(request: httpx.Request) -> None:
+        check_url(str(request.url), allow_private)
+
+    try:
+        with httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=5,
+                          event_hooks={"request": [hop]}) as client:
+            with client.stream("GET", url, headers={"Range": "bytes=0-1023"}) as r:
+                head = b""
+                if r.status_code < 300:
+                    for chunk in r.iter_bytes():
+                        head += chunk
+                        if len(head) >= 1024:
+                            break
+    except errors.DatasetError as exc:
+        return "error", f"{shown} redirects to an address the pull refuses: {exc}"
+    except httpx.HTTPError as exc:
+        return "warning", f"{shown}: not reachable from here ({type(exc).__name__}: {exc}); not checked"
+    if r.status_code in (404, 410):
+        return "error", f"{shown} answers {r.status_code} {r.reason_phrase}: there is no file there; check the URL"
+    if r.status_code >= 400:
+        return "warning", f"{shown} answers {r.status_code} {r.reason_phrase}; not checked (the pull may be allowed where this is not)"
+    ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+    start = head.lstrip()[:15].lower()
+    if ctype in ("text/html", "application/xhtml+xml") or start.startswith((b"<!doctype html", b"<html")):
+        return "error", (f"{shown} answers an HTML page, not a dataset file (a login, landing or 'blob' page?); "
+                         "use the URL of the raw file (parquet, jsonl, json, csv, arrow)")
+    return None
