@@ -12,3 +12,10 @@ nor Kubernetes. Modules:
                 the ``COMPLETE`` marker and ``metrics.json`` (the flow imports it too)
     cli         flags, exit codes (0 ok, 2 bad config/dataset, 1 other failure)
 """
+
+import logging as _logging
+
+# bitsandbytes' CPU backend looks for an optional hub kernel when it is imported and, without the
+# `kernels` package, warns "pip install kernels" before falling back to its own kernel: that opened
+# every tuning log with advice the user need not follow. Errors from it still show.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -266,3 +266,15 @@ def test_the_same_inputs_give_the_same_adapter(chat_dir: Path, tmp_path: Path):
         assert result.returncode == 0, result.stderr[-3000:]
         digests.append(hashlib.sha256((tmp_path / run / "adapter_model.safetensors").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+@pytest.mark.slow
+def test_the_tuning_log_opens_with_kaiflows_lines_not_library_advice(chat_dir: Path, tmp_path: Path):
+    """Issue 24 item 8: bitsandbytes' CPU backend warned "pip install kernels" at the top of every
+    QLoRA log (an optional hub kernel it falls back from); the program now keeps that warning out."""
+    out = run_program("--data", str(chat_dir), "--model", "tiny-phi-3", "--output", str(tmp_path / "out"),
+                      "--method", "qlora", "--max-steps", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    both = out.stdout + out.stderr
+    assert "pip install kernels" not in both and "kernels-community" not in both
+    assert both.lstrip().startswith("[tuning]"), both[:300]
