@@ -193,7 +193,7 @@ def _promote(where: Platform, workspace: spec.Workspace, config_maps: dict, tune
     image = push_task.promote(workspace, tuned, where.name)
     records.update(name, adapter_image=image.reference, tuning_cache_key=tuned.cache_key, dataset_digest=data.digest)
     if workspace.inference:
-        nodes = concurrency.nodes_for(where.plan(workspace), workspace)
+        nodes = concurrency.nodes_for(where.plan(workspace, config_maps), workspace)
         with concurrency.gpu_slots(where.sku(workspace), nodes, f"inference of {name}"):
             deploy_task.deploy(workspace, image, config_maps, where.name)
     return image.reference
@@ -218,7 +218,7 @@ def _retrain(workspace: spec.Workspace, config_maps: dict, where: Platform) -> D
         d = _first_run(workspace, config_maps, where.name)
         _record(name, d, None)
         return d
-    provision_task.provision(workspace, where.name)
+    provision_task.provision(workspace, where.name, config_maps)
     data = dataset_task.pull_dataset(workspace, where.name)
     last = record.retrain or {}
     holdout = None

@@ -39,7 +39,6 @@ import time
 from typing import Any
 
 import presets
-from presets import sizing
 from workspace import errors, spec
 from workspace import plan as plan_mod
 from workspace import settings as settings_mod
@@ -106,12 +105,12 @@ def node_labels(workspace: spec.Workspace, namespace: str) -> dict[str, str]:
 
 
 def node_count(workspace: spec.Workspace, plan: plan_mod.WorkspacePlan) -> int:
-    """Nodes the pool needs: the inference plan's nodes (already >= resource.count), else resource.count, else 1."""
-    count = (workspace.resource.count if workspace.resource else None) or 1
+    """Nodes the pool needs: the inference plan's nodes (the model's need, which raises or lowers
+    resource.count as Kaito's estimator does), else resource.count, else 1."""
     for part in plan.parts:
-        if part.part == "inference" and part.fits:
-            count = max(count, int(part.details.get("nodes") or 1))
-    return count
+        if part.part == "inference" and part.fits and part.details.get("nodes"):
+            return int(part.details["nodes"])
+    return (workspace.resource.count if workspace.resource else None) or 1
 
 
 def os_disk_gib(plan: plan_mod.WorkspacePlan) -> int | None:
@@ -122,7 +121,7 @@ def os_disk_gib(plan: plan_mod.WorkspacePlan) -> int | None:
         if part.details.get("disk_gib"):
             sizes.append(int(part.details["disk_gib"]))
         elif part.part == "tuning" and part.fits and presets.is_preset(part.model):
-            weights = sizing.gib(presets.get_model(part.model).weights_gb)
+            weights = presets.get_model(part.model).weights_gib
             sizes.append(int(math.ceil(weights * 1.2 + 30)))
     return max(sizes) if sizes else None
 

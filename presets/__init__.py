@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 DATA = Path(__file__).parent / "data"
+QUANTIZED_DTYPES = ("fp8", "mxfp4")
 
 
 class UnknownPreset(KeyError, ValueError):
@@ -46,7 +47,7 @@ class ModelPreset:
     architecture: str
     params_b: float
     dtype: str
-    weights_gb: float
+    weights_gib: float
     context_length: int
     num_layers: int
     hidden_size: int
@@ -60,11 +61,29 @@ class ModelPreset:
     vllm_args: dict[str, Any] = field(default_factory=dict)
     local_builder: str | None = None
     notes: str = ""
+    kaito_weights_gib: float | None = None
 
     @property
     def is_local(self) -> bool:
         """Built on this machine (tiny-phi-3), not downloaded."""
         return self.local_builder is not None
+
+    @property
+    def weights_gb(self) -> float:
+        """The weights in GB (10**9 bytes), as model cards give sizes."""
+        return round(self.weights_gib * 2**30 / 1e9, 4)
+
+    @property
+    def quantization(self) -> str | None:
+        """``fp8`` / ``mxfp4`` for quantised checkpoints, else None."""
+        return self.dtype if self.dtype in QUANTIZED_DTYPES else None
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token: 2 (K and V) x layers x KV heads x head_dim x 2 bytes (fp16 cache),
+        as Kaito's preset generator computes ``bytes_per_token`` (MLA latents are one KV head of
+        kv_lora_rank + rope dims, halved: head_dim 288 for 512 + 64)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,7 @@ class Sku:
     compute_capability: str
     vcpus: int
     memory_gib: float
+    kaito: str = ""  # what Kaito v0.12 does with this size, where it is not in Kaito's tables as is
 
     @property
     def supports_bf16(self) -> bool:
@@ -101,7 +121,7 @@ def _models() -> dict[str, ModelPreset]:
             architecture=merged["architecture"],
             params_b=float(merged["params_b"]),
             dtype=merged["dtype"],
-            weights_gb=float(merged["weights_gb"]),
+            weights_gib=float(merged["weights_gib"]),
             context_length=int(merged["context_length"]),
             num_layers=int(merged["num_layers"]),
             hidden_size=int(merged["hidden_size"]),
@@ -115,6 +135,7 @@ def _models() -> dict[str, ModelPreset]:
             vllm_args=dict(merged.get("vllm_args") or {}),
             local_builder=merged.get("local_builder"),
             notes=merged.get("notes", ""),
+            kaito_weights_gib=float(merged["kaito_weights_gib"]) if merged.get("kaito_weights_gib") else None,
         )
     return out
 

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default="auto", help="auto picks vLLM where installed and supported")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--config", type=Path, help="Kaito inference_config.yaml; its vllm: keys are engine arguments")
+    p.add_argument("--config", type=Path, action="append", default=[],
+                   help="Kaito inference_config.yaml; its vllm: keys are engine arguments (repeatable: a later "
+                        "file's keys override an earlier one's, so kaiflow's plan goes first and the user's file last)")
     p.add_argument("--served-model-name", help="name of the base model in the API (default: --model as given)")
     p.add_argument("--max-queue-depth", type=int, default=256,
                    help="requests allowed to wait beyond what the engine runs at once; more get 429")
@@ -80,10 +82,12 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         raise errors.ConfigError("--default-max-tokens must be 0 (the rest of the context) or more")
     if ns.max_request_bytes < 1024:
         raise errors.ConfigError(f"--max-request-bytes {ns.max_request_bytes} is too small to hold a request; use 1024 or more")
-    vllm_args = {**preset_vllm_args(ns.model), **load_vllm_args(ns.config)}
+    vllm_args = preset_vllm_args(ns.model)
+    for path in ns.config:
+        vllm_args.update(load_vllm_args(path))
     template = vllm_args.get("chat-template", vllm_args.get("chat_template"))
     if template is not None and not Path(str(template)).is_file():
-        raise errors.ConfigError(f"--config {ns.config}: vllm: chat-template {template} is not a file")
+        raise errors.ConfigError(f"--config {', '.join(map(str, ns.config))}: vllm: chat-template {template} is not a file")
     specs = [adapters.parse_spec(text) for text in ns.adapter]
     duplicates = {s.name for s in specs if sum(t.name == s.name for t in specs) > 1}
     if duplicates:

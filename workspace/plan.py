@@ -3,6 +3,13 @@
 ``plan_workspace`` applies ``presets.sizing`` to each part of a workspace (inference, tuning) and
 explains a misfit in words a user can act on: how much memory is needed and which instance types
 would fit. On the local platform the "instance type" is this machine (``host_sku``).
+
+What the sizing takes from the workspace besides the model and instance type: ``resource.count``
+(reported when the model's need raises or lowers it, as Kaito's estimator does), the inference
+ConfigMap's ``max-model-len`` (the context the nodes are sized for; else vLLM's auto-fit) and the
+``kaito.sh/runtime`` annotation (``transformers`` cannot run across nodes). ``PartPlan.notes`` says
+what a user should know (count changed, a size current Kaito lacks); ``adjustments()`` the ones the
+provision step reports as events.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
 
 import presets
 from presets import sizing
@@ -18,6 +28,8 @@ from workspace import spec
 from workspace.errors import SizingError, SpecError
 
 LOCAL = "local"
+RUNTIME_ANNOTATION = "kaito.sh/runtime"
+COUNT_ADJUSTED = "NodeCountAdjusted"
 
 
 @dataclass
@@ -28,6 +40,8 @@ class PartPlan:
     summary: str
     details: dict = field(default_factory=dict)
     reason: str = ""
+    notes: list[str] = field(default_factory=list)  # worth saying (count changed, a size Kaito lacks)
+    arithmetic: list[str] = field(default_factory=list)  # the numbers behind the summary
 
 
 @dataclass
@@ -43,6 +57,10 @@ class WorkspacePlan:
 
     def problems(self) -> list[str]:
         return [f"{p.part}: {p.reason}" for p in self.parts if p.fits is False]
+
+    def adjustments(self) -> list[str]:
+        """Where the plan departs from what the user wrote (``resource.count`` raised or lowered)."""
+        return [n for p in self.parts for n in p.notes if n.startswith("resource.count ")]
 
 
 def host_sku() -> presets.Sku:
@@ -83,10 +101,12 @@ def _cpu_part(part: str, model: presets.ModelPreset, sku: presets.Sku) -> PartPl
     return PartPlan(part, model.name, ok, f"CPU, {model.weights_gb:g} GB weights", {"device": "cpu"}, reason)
 
 
-def plan_workspace(ws: spec.Workspace, platform: str = LOCAL, *, on_host: bool = False) -> WorkspacePlan:
+def plan_workspace(ws: spec.Workspace, platform: str = LOCAL, *, on_host: bool = False,
+                   config_maps: dict[str, dict[str, str]] | None = None) -> WorkspacePlan:
     """Size ``ws``; ``platform`` only labels the plan. ``on_host`` sizes it against this machine
     instead of ``resource.instanceType`` (the local platform asks for that); an instanceType of
-    ``local`` always means this machine."""
+    ``local`` always means this machine. ``config_maps`` (the file's ConfigMaps): the inference
+    ConfigMap's max-model-len, when it sets one, is the context the nodes are sized for."""
     instance = ws.instance_type or ""
     sku: presets.Sku | None = None
     if on_host or instance == LOCAL:
@@ -100,11 +120,15 @@ def plan_workspace(ws: spec.Workspace, platform: str = LOCAL, *, on_host: bool =
     parts: list[PartPlan] = []
 
     if ws.inference and ws.inference.preset:
-        parts.append(_inference_part(ws, sku, count, instance))
+        parts.append(_inference_part(ws, sku, count, instance, configured_context(ws, config_maps or {})))
     elif ws.inference:
         parts.append(PartPlan("inference", "(custom template)", None, "custom pod template: not sized"))
     if ws.tuning:
         parts.append(_tuning_part(ws, sku, instance))
+    said: set[str] = set()
+    for part in parts:  # a note on the instance type once, not once per part
+        part.notes = [n for n in part.notes if n not in said]
+        said.update(part.notes)
     return WorkspacePlan(ws.name, sku.name if sku else (instance or "-"), platform, parts)
 
 
@@ -120,26 +144,64 @@ def _unsized(part: str, name: str, instance: str) -> PartPlan:
     return PartPlan(part, name, None, why)
 
 
-def _inference_part(ws: spec.Workspace, sku: presets.Sku | None, count: int | None, instance: str) -> PartPlan:
+def runtime(ws: spec.Workspace) -> str:
+    """The inference runtime: the ``kaito.sh/runtime`` annotation (Kaito's), else vllm."""
+    given = getattr(ws, "runtime", None) or (ws.metadata.annotations or {}).get(RUNTIME_ANNOTATION)
+    return str(given or "vllm").lower()
+
+
+def configured_context(ws: spec.Workspace, config_maps: dict[str, dict[str, str]]) -> int | None:
+    """The max-model-len the inference ConfigMap's ``vllm:`` section sets (None: unset, ``auto`` or
+    a ConfigMap not in the file)."""
+    name = ws.inference.config if ws.inference else None
+    text = (config_maps.get(name) or {}).get("inference_config.yaml") if name else None
+    if not text:
+        return None
+    try:
+        loaded: Any = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # the server names the error; sizing falls back to auto
+    section = loaded.get("vllm") if isinstance(loaded, dict) else None
+    if not isinstance(section, dict):
+        return None
+    value = section.get("max-model-len", section.get("max_model_len"))
+    if value is None or str(value).strip().lower() in ("auto", "-1"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"inference ConfigMap '{name}': vllm: max-model-len {value!r} is not a number or auto") from None
+
+
+def sku_notes(sku: presets.Sku) -> list[str]:
+    return [f"{sku.name}: {sku.kaito}"] if sku.kaito else []
+
+
+def _inference_part(ws: spec.Workspace, sku: presets.Sku | None, count: int | None, instance: str,
+                    context: int | None = None) -> PartPlan:
     name = ws.inference.preset.name
     model = _model(name, "inference")
     if model is None or sku is None:
         return _unsized("inference", name, instance if sku is None else "")
     if sku.gpu_count == 0:
         return _cpu_part("inference", model, sku)
-    p = sizing.plan_inference(model, sku, count)
+    p = sizing.plan_inference(model, sku, count, context=context, runtime=runtime(ws))
     reason = p.reason
     if not p.fits and not reason:
         reason = f"{model.name} does not fit {sku.name}"
     if not p.fits:
         reason += f"; instance types that fit on one node: {', '.join(sizing.fitting_skus(model, cloud=sku.cloud)) or 'none'}"
     summary = (
-        f"{p.nodes} node(s) x {sku.gpu_count} {sku.gpu_model} {sku.gpu_memory_gib:g} GiB; "
-        f"weights {p.weights_gib} GiB, KV cache {p.kv_cache_gib} GiB ({p.kv_bytes_per_token // 1024} KiB/token); "
-        f"tp={p.tensor_parallel_size} pp={p.pipeline_parallel_size} max-model-len={p.max_model_len} dtype={p.dtype}; disk {p.disk_gib} GiB"
+        f"{p.nodes} node(s) x {sku.gpu_count} {sku.gpu_model} {sku.gpu_memory_gib:g} GiB, {p.gpus_per_node} GPU(s) "
+        f"requested per pod; {p.layout()}; {p.context()}; dtype={p.dtype}; "
+        f"gpu-memory-utilization={p.gpu_memory_utilization}; disk {p.disk_gib} GiB"
         if p.fits else "does not fit"
     )
-    return PartPlan("inference", name, p.fits, summary, sizing.as_dict(p), reason)
+    details = sizing.as_dict(p)
+    if p.fits and p.runtime == "vllm":
+        details["vllm_args"] = p.vllm_args()
+    return PartPlan("inference", name, p.fits, summary, details, reason,
+                    notes=[*p.notes, *sku_notes(sku)], arithmetic=p.arithmetic())
 
 
 def _tuning_part(ws: spec.Workspace, sku: presets.Sku | None, instance: str) -> PartPlan:
@@ -162,10 +224,31 @@ def _tuning_part(ws: spec.Workspace, sku: presets.Sku | None, instance: str) -> 
         f"optimizer {p.optimizer_gib} GiB + activations {p.activations_gib} GiB = {p.total_gib} GiB; "
         f"compute {p.compute_dtype}; {p.trainable_params:,} trainable params"
     )
-    return PartPlan("tuning", name, p.fits, summary, sizing.as_dict(p), reason)
+    return PartPlan("tuning", name, p.fits, summary, sizing.as_dict(p), reason, notes=sku_notes(sku))
 
 
 def require_fit(plan: WorkspacePlan) -> None:
     """Raise ``SizingError`` naming every part that does not fit."""
     if not plan.fits:
         raise SizingError(f"workspace {plan.name} on {plan.instance_type}: " + "; ".join(plan.problems()))
+
+
+def serving_config_text(plan: WorkspacePlan, user_text: str | None) -> str | None:
+    """The inference_config.yaml a server on one machine gets: the plan's vLLM arguments (layout,
+    max-model-len auto, gpu-memory-utilization) under the user's own file's ``vllm:`` keys, which win.
+    ``user_text`` unchanged where the plan sized no GPU (a CPU host) or the user's file is not YAML
+    (the server names that error)."""
+    inf = next((p for p in plan.parts if p.part == "inference" and p.fits), None)
+    planned = dict(inf.details.get("vllm_args") or {}) if inf else {}
+    if not planned:
+        return user_text
+    try:
+        loaded: Any = yaml.safe_load(user_text) if user_text else {}
+    except yaml.YAMLError:
+        return user_text
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("vllm") or {}, dict):
+        return user_text
+    given = loaded.get("vllm") or {}
+    spelled = {str(k).replace("_", "-") for k in given}
+    merged = {**{k: v for k, v in planned.items() if k not in spelled}, **given}
+    return yaml.safe_dump({**loaded, "vllm": merged}, sort_keys=True)

@@ -53,6 +53,7 @@ NODEPOOL_LABEL = "karpenter.sh/nodepool"
 KAITO_NODEPOOL = "kaito"
 NODECLASS = {"azure": ("karpenter.azure.com", "AKSNodeClass"), "aws": ("karpenter.k8s.aws", "EC2NodeClass")}
 DATA_DIR, OUTPUT_DIR, ADAPTER_DIR, CONFIG_DIR = "/mnt/data", "/mnt/output", "/mnt/adapter", "/mnt/config"
+PLAN_CONFIG_DIR = "/mnt/plan"
 INPUT_VOLUME_DIR, SECRETS_DIR = "/mnt/input", "/mnt/secrets"
 JOB_TTL_S = 24 * 3600
 MAX_NAME = 63
@@ -150,14 +151,20 @@ def _part(plan: plan_mod.WorkspacePlan, name: str) -> plan_mod.PartPlan | None:
 
 
 def node_count(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> int:
-    """Nodes the workspace needs: ``resource.count``, else the inference plan's, at least 1."""
+    """Nodes the workspace needs: the inference plan's (the model's need decides, raising or lowering
+    ``resource.count`` as Kaito's estimator does), else ``resource.count``, else 1."""
     inf = _part(plan, "inference")
-    planned = int(inf.details.get("nodes") or 1) if inf and inf.fits else 1
-    return max(planned, (ws.resource.count if ws.resource and ws.resource.count else 1))
+    if inf and inf.fits and inf.details.get("nodes"):
+        return int(inf.details["nodes"])
+    return ws.resource.count if ws.resource and ws.resource.count else 1
 
 
 def gpus_per_pod(plan: plan_mod.WorkspacePlan, part: str) -> int:
+    """GPUs a pod requests: every GPU of the node for inference (the plan's layout uses them all),
+    one for tuning (kaiflow's tuning program runs on one GPU), none where the plan sized a CPU."""
     p = _part(plan, part)
+    if p and p.details.get("device") == "cpu":
+        return 0
     if part == "inference" and p and p.fits:
         return int(p.details.get("gpus_per_node") or 1)
     return 1
@@ -195,7 +202,7 @@ def config_map(ws: spec.Workspace, name: str, data: dict[str, str], namespace: s
 
 
 def nodeclaims(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str) -> list[dict]:
-    if not ws.instance_type:
+    if not ws.instance_type or ws.instance_type == plan_mod.LOCAL:  # "local": this machine, no cloud size
         return []
     group, kind = NODECLASS.get(cloud_of(ws), NODECLASS["azure"])
     match = dict(ws.resource.label_selector.match_labels or {}) if ws.resource and ws.resource.label_selector else {}
@@ -248,7 +255,7 @@ def tolerations(extra: list[dict] | None = None) -> list[dict]:
 
 
 def _gpu_resources(n: int) -> dict:
-    return {"requests": {GPU: str(n)}, "limits": {GPU: str(n)}}
+    return {"requests": {GPU: str(n)}, "limits": {GPU: str(n)}} if n else {}
 
 
 def _secret_volume(secret: str) -> dict:
@@ -415,13 +422,13 @@ def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: 
 
 
 def inference_params(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> dict[str, Any]:
-    """vLLM arguments from the plan (max-model-len, parallelism, dtype), for workspaces without a config."""
+    """vLLM arguments from the plan: max-model-len (``auto`` unless the user's config sets one),
+    gpu-memory-utilization, the layout over the pod's GPUs (tensor / pipeline / data parallel) and
+    dtype. Empty where nothing was sized for a GPU (a CPU host, a custom template)."""
     inf = _part(plan, "inference")
-    if not inf or not inf.fits or not inf.details:
+    if not inf or not inf.fits:
         return {}
-    d = inf.details
-    return {"max-model-len": d["max_model_len"], "tensor-parallel-size": d["tensor_parallel_size"],
-            "pipeline-parallel-size": d["pipeline_parallel_size"], "dtype": d["dtype"]}
+    return dict(inf.details.get("vllm_args") or {})
 
 
 def inference_config_data(ws: spec.Workspace, plan: plan_mod.WorkspacePlan) -> dict[str, str]:
@@ -485,10 +492,16 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
            "--served-model-name", model, "--engine", "auto"]
     for a in adapters:
         cmd += ["--adapter", f"{a['name']}={ADAPTER_DIR}/{a['name']}:{a['strength']:g}"]
-    cmd += ["--config", f"{CONFIG_DIR}/inference_config.yaml"]
-    config_name = ws.inference.config or inference_config_name(ws.name)
-    volumes = [{"name": "config", "configMap": {"name": config_name}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    # the plan's engine arguments first, the user's inference ConfigMap (if any) last: its keys win
+    cmd += ["--config", f"{PLAN_CONFIG_DIR}/inference_config.yaml"]
+    volumes = [{"name": "plan-config", "configMap": {"name": inference_config_name(ws.name)}},
+               {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [{"name": "plan-config", "mountPath": PLAN_CONFIG_DIR, "readOnly": True},
+              {"name": "dshm", "mountPath": "/dev/shm"}]
+    if ws.inference.config:
+        cmd += ["--config", f"{CONFIG_DIR}/inference_config.yaml"]
+        volumes.insert(0, {"name": "config", "configMap": {"name": ws.inference.config}})
+        mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     init: list[dict] = []
     if adapters:
         volumes.append({"name": "adapters", "emptyDir": {}})
@@ -554,7 +567,7 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
     Job, the inference config, StatefulSet and Services."""
     ws = workspace
     ns = namespace or ws.metadata.namespace or getattr(settings, "namespace", None) or "default"
-    plan = plan or plan_mod.plan_workspace(ws, "kubernetes")
+    plan = plan or plan_mod.plan_workspace(ws, "kubernetes", config_maps=config_maps)
     image = settings.image
     objs = [workspace_cr(ws, ns), *file_config_maps(ws, config_maps or {}, ns, owner)]
     if (provisioner or getattr(settings, "provisioner", "karpenter")) == "karpenter":
@@ -563,7 +576,7 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
         objs.append(tuning_job(ws, plan, ns, image, cache_key=cache_key, owner=owner, node_selector=node_selector,
                                extra_tolerations=extra_tolerations))
     if ws.inference:
-        if not ws.inference.config and ws.inference.preset:
+        if ws.inference.preset:
             objs.append(config_map(ws, inference_config_name(ws.name), inference_config_data(ws, plan), ns, owner))
         objs.append(inference_statefulset(ws, plan, ns, image, adapters=adapter_entries(ws, fresh_reference),
                                           owner=owner, node_selector=node_selector, extra_tolerations=extra_tolerations))

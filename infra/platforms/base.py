@@ -112,13 +112,15 @@ class Platform(Protocol):
     def reporter(self, ws: spec.Workspace) -> status.Reporter:
         """The status sink for ``ws``: its record, plus whatever the platform mirrors it to."""
 
-    def plan(self, ws: spec.Workspace) -> plan_mod.WorkspacePlan:
-        """Size ``ws`` for this platform's hardware (local: this machine; cluster: the instance type)."""
+    def plan(self, ws: spec.Workspace, config_maps: dict[str, dict[str, str]] | None = None) -> plan_mod.WorkspacePlan:
+        """Size ``ws`` for this platform's hardware (local: this machine; cluster: the instance type);
+        ``config_maps``: the inference ConfigMap's max-model-len is the context sized for."""
 
     def sku(self, ws: spec.Workspace) -> str:
         """The GPU SKU whose quota (the ``gpu-<sku>`` concurrency limit) the workspace's work counts against."""
 
-    def provision(self, ws: spec.Workspace, report: status.Reporter) -> Provisioned:
+    def provision(self, ws: spec.Workspace, report: status.Reporter,
+                  config_maps: dict[str, dict[str, str]] | None = None) -> Provisioned:
         """Make sure the plan's hardware exists and is ready (ResourceReady); fail fast with the
         reason when the plan does not fit (SizingError) or capacity cannot be had."""
 

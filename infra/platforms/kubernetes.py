@@ -66,8 +66,8 @@ class KubernetesPlatform:
                                  conditions=lambda: record().conditions,
                                  worker_nodes=lambda: list((record().cluster or records.ClusterState()).nodes))
 
-    def plan(self, ws: spec.Workspace) -> plan_mod.WorkspacePlan:
-        return plan_mod.plan_workspace(ws, self.name)
+    def plan(self, ws: spec.Workspace, config_maps: dict[str, dict[str, str]] | None = None) -> plan_mod.WorkspacePlan:
+        return plan_mod.plan_workspace(ws, self.name, config_maps=config_maps)
 
     def sku(self, ws: spec.Workspace) -> str:
         return ws.instance_type or "local"
@@ -78,8 +78,9 @@ class KubernetesPlatform:
         return nodes.Placement(dict(placement.node_selector), list(placement.tolerations))
 
     # ------------------------------------------------------------------ provision
-    def provision(self, ws: spec.Workspace, report: status.Reporter) -> base.Provisioned:
-        p = self.plan(ws)
+    def provision(self, ws: spec.Workspace, report: status.Reporter,
+                  config_maps: dict[str, dict[str, str]] | None = None) -> base.Provisioned:
+        p = self.plan(ws, config_maps)
         kube = self._kube()
         ns = kube.namespace_for(ws)
         try:
@@ -199,7 +200,7 @@ class KubernetesPlatform:
     # ------------------------------------------------------------------ inference
     def deploy(self, ws: spec.Workspace, image: base.Image | None, config_maps: dict[str, dict[str, str]],
                report: status.Reporter) -> base.Endpoint:
-        served = inference.deploy(self._kube(), ws, self.plan(ws), fresh_reference=image.reference if image else None,
+        served = inference.deploy(self._kube(), ws, self.plan(ws, config_maps), fresh_reference=image.reference if image else None,
                                   config_maps=config_maps, placement=self._placement(ws), settings=self.settings,
                                   report=report)
         records.update(ws.name, endpoint=served.endpoint,

@@ -50,15 +50,16 @@ class LocalPlatform:
     def reporter(self, ws: spec.Workspace) -> status.Reporter:
         return records.RecordSink(ws.name)
 
-    def plan(self, ws: spec.Workspace) -> plan_mod.WorkspacePlan:
-        return plan_mod.plan_workspace(ws, self.name, on_host=True)
+    def plan(self, ws: spec.Workspace, config_maps: dict[str, dict[str, str]] | None = None) -> plan_mod.WorkspacePlan:
+        return plan_mod.plan_workspace(ws, self.name, on_host=True, config_maps=config_maps)
 
     def sku(self, ws: spec.Workspace) -> str:
         return "local"
 
     # ------------------------------------------------------------------ provision
-    def provision(self, ws: spec.Workspace, report: status.Reporter) -> Provisioned:
-        p = self.plan(ws)
+    def provision(self, ws: spec.Workspace, report: status.Reporter,
+                  config_maps: dict[str, dict[str, str]] | None = None) -> Provisioned:
+        p = self.plan(ws, config_maps)
         for part in p.parts:
             log.info("plan %s: %s on %s: %s", part.part, part.model, p.instance_type, part.summary)
         if not p.fits:
@@ -191,7 +192,7 @@ class LocalPlatform:
                 raise
             wanted.append(records.ServedAdapter(name=a.source.name, dir=adir, digest=digest, strength=a.strength_value, image=ref))
 
-        config_text = configmaps.inference_config_text(ws, config_maps)
+        config_text = plan_mod.serving_config_text(self.plan(ws, config_maps), configmaps.inference_config_text(ws, config_maps))
 
         record = records.load(name)
         server = record.server if record and record.server else records.Server()

@@ -66,6 +66,8 @@ class VllmEngine:
                 log.warning("vllm argument %r is ignored (%s)", key,
                             "removed from current vLLM" if name in RETIRED_ARGS else "not an engine argument")
                 continue
+            if name == "max_model_len" and str(value).strip().lower() == "auto":
+                value = -1  # what vLLM's command line makes of --max-model-len=auto: fit the memory at start-up
             kwargs[name] = value
         return kwargs
 

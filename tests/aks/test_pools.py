@@ -215,11 +215,18 @@ def test_delete_waits_for_the_pool_to_go(arm, settings, credential, seed_workspa
 
 
 def test_workspace_that_does_not_fit_creates_nothing(arm, settings, credential):
-    ws = _workspace("too-big", preset="phi-4", count=1)
+    ws = _workspace("too-big", preset="gpt-oss-20b", count=1)  # MXFP4 weights: vLLM cannot run them on a V100
     with pytest.raises(errors.SizingError) as info:
         aks.ensure_agent_pool(ws, _plan(ws), settings, credential=credential)
-    assert "resource.count" in info.value.message
+    assert "compute capability" in info.value.message
     assert arm.requests == []
+
+
+def test_count_follows_the_model_not_resource_count(arm, settings, credential):
+    ws = _workspace("raised", preset="phi-4", count=1)  # phi-4 needs more than one V100 16 GiB node
+    plan = _plan(ws)
+    assert plan.fits and plan.adjustments() and plan.adjustments()[0].startswith("resource.count 1 raised to ")
+    assert aks.node_count(ws, plan) == plan.parts[0].details["nodes"] > 1
 
 
 def test_count_comes_from_the_plan(arm, settings, credential):

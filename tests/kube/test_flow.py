@@ -58,7 +58,8 @@ def test_seed_inference_runs_unchanged_and_objects_are_as_specified(kube_env, pr
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "apps", "operator": "In", "values": ["phi-3"]}]}]
     params = yaml.safe_load(kube.get("v1", "ConfigMap", f"{name}-inference-params", "default")["data"]["inference_config.yaml"])
-    assert params["vllm"]["max-model-len"] == 4096 and params["vllm"]["dtype"] == "float16"
+    assert params["vllm"] == {"max-model-len": "auto", "dtype": "float16", "gpu-memory-utilization": 0.84,
+                              "tensor-parallel-size": 1}
 
     svc = kube.get("v1", "Service", name, "default")
     assert svc["spec"]["type"] == "ClusterIP"

@@ -123,13 +123,19 @@ def test_nodeclaim_is_kaitos_shape():
         claim["metadata"]["name"], "names are stable, so a re-apply finds the same NodeClaims"
 
 
-def test_custom_config_is_mounted_and_no_generated_config():
+def test_custom_config_is_mounted_after_the_plans_own():
+    """The user's ConfigMap is mounted and passed last (its keys win, as Kaito appends its
+    --kaito-config-file); the plan's layout and memory arguments come first from a ConfigMap of its own."""
     objs = _objects(REPO / "examples" / "kaito" / "kaito_workspace_custom_config.yaml")
     kinds = [(o["kind"], o["metadata"]["name"]) for o in objs]
     assert ("ConfigMap", "ds-inference-params") in kinds
-    assert not any(n.endswith("-inference-params") and n != "ds-inference-params" for _, n in kinds)
+    assert ("ConfigMap", "workspace-deepseek-r1-distill-qwen-14b-inference-params") in kinds
     sts = next(o for o in objs if o["kind"] == "StatefulSet")
-    assert sts["spec"]["template"]["spec"]["volumes"][0] == {"name": "config", "configMap": {"name": "ds-inference-params"}}
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["volumes"][0] == {"name": "config", "configMap": {"name": "ds-inference-params"}}
+    cmd = pod["containers"][0]["command"]
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--config"] == [
+        "/mnt/plan/inference_config.yaml", "/mnt/config/inference_config.yaml"]
 
 
 @pytest.mark.parametrize("message, expected", [
