@@ -293,9 +293,10 @@ def _run_reporting_progress(cmd: list[str], log_path: Path) -> tuple[int, str]:
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdout is not None
         for line in proc.stdout:
-            logf.write(line)
             ev = protocol.parse_progress(line)
-            if ev is not None:
+            if ev is None:  # a progress line is also said as a human line: the log keeps that one only
+                logf.write(line)
+            else:
                 if "step" in ev and "loss" in ev:
                     total = ev.get("max_steps") or "?"
                     done = int(20 * ev["step"] / total) if isinstance(total, int) and total else 0

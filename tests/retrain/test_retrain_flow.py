@@ -69,7 +69,7 @@ def decision_artifact(name: str) -> str:
     return found.data if found else ""
 
 
-def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
+def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path, monkeypatch):
     name = "rt-gate"
     data = retrain_env.root / name / "qa.jsonl"
     ws, cms = load_workspace(name, retrain_env.url_for(f"{name}/qa.jsonl"), inference=True)
@@ -100,10 +100,13 @@ def test_unchanged_helpful_and_harmful_data(retrain_env, tmp_path):
         assert rec.adapter_image == image_a and rec.server.pid == pid
         assert "**Unchanged**" in decision_artifact(name)
 
-        # data that helps: promoted, rolled into the same server
+        # data that helps: promoted, rolled into the same server; the verdict used KAIFLOW_RETRAIN_TOLERANCE
         write_rows(data, helps)
+        monkeypatch.setenv("KAIFLOW_RETRAIN_TOLERANCE", "0.07")
         out = retrain.retrain_flow(workspace=ws, config_maps=cms, platform="local")
+        monkeypatch.delenv("KAIFLOW_RETRAIN_TOLERANCE")
         assert out["outcome"] == "Promoted", out["reason"]
+        assert "x (1 + 0.07))" in out["reason"], out["reason"]  # the variable reached the verdict
         cand, serv = out["scores"]["adapters"]["candidate"], out["scores"]["adapters"]["serving"]
         assert cand["exact_match"] >= serv["exact_match"] and cand["loss"] < serv["loss"]
         assert out["scores"]["rows"] == len(held)

@@ -107,3 +107,12 @@ def test_gpu_quota_setting_is_parsed_and_bad_items_named():
         concurrency.parse_quota("local:1")
     assert concurrency.limit_name("Standard_NC24ads_A100_v4") == "gpu-Standard_NC24ads_A100_v4"
     assert concurrency.limit_name("a/b") == "gpu-a-b"
+
+
+def test_candidate_exactly_at_the_bound_is_promoted():
+    """The rule says "at most" serving x (1 + tolerance): a candidate exactly at the bound is not
+    worse (1.0 x 1.25 is exactly 1.25 in binary floating point, so the bound is hit, not missed)."""
+    ok, why = retrain.verdict(scores(1.25, 1.0), tolerance=0.25)
+    assert ok and "held-out loss 1.2500 <= 1.2500" in why
+    ok, why = retrain.verdict(scores(1.2500001, 1.0), tolerance=0.25)
+    assert not ok and "> serving 1.0000 x (1 + 0.25) = 1.2500" in why
