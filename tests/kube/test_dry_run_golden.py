@@ -23,6 +23,7 @@ def render_all(root: Path) -> dict[str, str]:
     """Each example's dry-run output (or its error), rendered by the kaiflow CLI under ``root``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAIFLOW_")}
     env["KAIFLOW_HOME"] = str(root / ".golden-home")
+    env["KAIFLOW_ALLOW_PRIVATE_URLS"] = "true"  # examples/local pull their data from make demo's 127.0.0.1 server
     code = (
         "import sys\n"
         "from flows import cli\n"
