@@ -158,7 +158,7 @@ CASES = [
     inf(f"{INF}/Valid with adapters/vllm", {"inference.adapters": ADAPTERS}),
     inf(f"{INF}/Valid with adapters/transformers", {"metadata.annotations": {"kaito.sh/runtime": "transformers"},
         "inference.adapters": [{**a, "strength": "0.5"} for a in ADAPTERS]}),
-    inf(f"kaiflow-differs:{INF}/Adapters with strength/vllm (strength honoured by kaiflow's vLLM engine)",
+    inf(f"kaiflow-differs:{INF[6:]}/Adapters with strength/vllm (strength honoured by kaiflow's vLLM engine)",
         {"inference.adapters": [{**a, "strength": "0.5"} for a in ADAPTERS]}),
     inf(f"{INF}/Adapters names are duplicated", {"inference.adapters": [{"source": {"name": "adapter", "image":
         f"fake.kaito.com/kaito-image:0.0.{i}"}} for i in (1, 2)]}, ["inference"], "repeated: adapter"),
@@ -190,11 +190,11 @@ CASES = [
         ["inference.adapters[0].source.image"]),
     inf(f"{A}/Adapter with unsupported URLs source", {"inference.adapters": [{"source": {"name": "adapter-1",
         "urls": ["https://example.com/adapter.bin"]}}]}, ["inference.adapters[0].source"], "unknown field 'urls'"),
-    inf(f"kaiflow:{A}/adapter image reference with an upper-case repository", {"inference.adapters": [{"source": {
+    inf(f"kaiflow:{A[6:]}/adapter image reference with an upper-case repository", {"inference.adapters": [{"source": {
         "name": "adapter-1", "image": "fake.kaito.com/Kaito-Image:0.0.1"}}]}, ["inference.adapters[0].source.image"], "lowercase"),
     # -- TestWorkspaceValidateCreate
     inf(f"{W}/Neither Inference nor Tuning specified", {"inference": DELETE}, [""], "needs inference, tuning, or both"),
-    inf(f"kaiflow-differs:{W}/Both Inference and Tuning specified (tune, then serve the fresh adapter)",
+    inf(f"kaiflow-differs:{W[6:]}/Both Inference and Tuning specified (tune, then serve the fresh adapter)",
         {"tuning": TUNING["tuning"]}),
     inf(f"{W}/Only Inference specified"),
     tun(f"{W}/Only Tuning specified"),
@@ -245,7 +245,7 @@ CASES = [
         "must be lowercase"),
     tun(f"{T}/Invalid Output Destination Casing", {"tuning.output.image": "kaito.azurecr.io/OUTPUT:0.0.0"},
         ["tuning.output.image"], "'kaito.azurecr.io/output:0.0.0'"),
-    tun(f"kaiflow:{T}/preset that does not support tuning", {"tuning.preset.name": "mistral-large-3-675b-instruct"},
+    tun(f"kaiflow:{T[6:]}/preset that does not support tuning", {"tuning.preset.name": "mistral-large-3-675b-instruct"},
         ["tuning.preset.name"], "does not support tuning"),
     # -- TestDataSourceValidateCreate
     tun(f"{D}/URLs specified only", {"tuning.input.urls": ["http://example.com/data"]}),
@@ -256,10 +256,10 @@ CASES = [
     tun(f"{D}/IPv6 loopback URL", {"tuning.input.urls": ["http://[::1]/data"]}, ["tuning.input.urls[0]"]),
     tun(f"{D}/Metadata hostname URL", {"tuning.input.urls": ["http://metadata.google.internal/computeMetadata/v1"]},
         ["tuning.input.urls[0]"], "metadata"),
-    tun(f"kaiflow:{D}/localhost URL", {"tuning.input.urls": ["http://localhost:8080/d.jsonl"]}, ["tuning.input.urls[0]"]),
-    tun(f"kaiflow:{D}/second of two URLs private", {"tuning.input.urls": ["https://example.com/a", "http://192.168.1.4/b"]},
+    tun(f"kaiflow:{D[6:]}/localhost URL", {"tuning.input.urls": ["http://localhost:8080/d.jsonl"]}, ["tuning.input.urls[0]"]),
+    tun(f"kaiflow:{D[6:]}/second of two URLs private", {"tuning.input.urls": ["https://example.com/a", "http://192.168.1.4/b"]},
         ["tuning.input.urls[1]"]),
-    tun(f"kaiflow:{D}/Loopback URL with KAIFLOW_ALLOW_PRIVATE_URLS=true", {"tuning.input.urls": ["http://127.0.0.1:8765/qa.jsonl"]},
+    tun(f"kaiflow:{D[6:]}/Loopback URL with KAIFLOW_ALLOW_PRIVATE_URLS=true", {"tuning.input.urls": ["http://127.0.0.1:8765/qa.jsonl"]},
         env=PRIVATE_OK),
     tun(f"{D}/Volume specified only", {"tuning.input": {"volumeSource": {"persistentVolumeClaim": {"claimName": "data"}}}}),
     tun(f"{D}/Image specified only", {"tuning.input": {"image": "aimodels.azurecr.io/data-image:latest"}}),
@@ -278,10 +278,10 @@ CASES = [
     tun(f"{OUT}/Image without Tag Specified", {"tuning.output.image": "aimodels.azurecr.io/data-image"}),
     tun(f"{OUT}/Invalid image", {"tuning.output.image": "!ValidImage"}, ["tuning.output.image"]),
     tun(f"{OUT}/Both fields specified", {"tuning.output.volumeSource": {"emptyDir": {}}}, ["tuning.output"]),
-    tun(f"kaiflow-differs:{OUT}/Image without imagePushSecret (the platform's credentials)", {"tuning.output.imagePushSecret": DELETE}),
-    tun(f"kaiflow:{OUT}/imagePushSecret not a Secret name", {"tuning.output.imagePushSecret": "My_Secret"},
+    tun(f"kaiflow-differs:{OUT[6:]}/Image without imagePushSecret (the platform's credentials)", {"tuning.output.imagePushSecret": DELETE}),
+    tun(f"kaiflow:{OUT[6:]}/imagePushSecret not a Secret name", {"tuning.output.imagePushSecret": "My_Secret"},
         ["tuning.output.imagePushSecret"]),
-    tun(f"kaiflow:{OUT}/Kaito's template placeholders (notes, not errors)", {"tuning.output": {
+    tun(f"kaiflow:{OUT[6:]}/Kaito's template placeholders (notes, not errors)", {"tuning.output": {
         "image": "ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "imagePushSecret": "ACR_REGISTRY_SECRET_HERE"}}),
     # -- TestInferenceConfigMapValidation (v1beta1: the context window; v1alpha1: max-model-len required)
     inf(f"{CM}/Valid max-model-len within ModelTokenLimit", {"resource.instanceType": A10X2, "inference.config": "cfg"},
@@ -289,7 +289,7 @@ CASES = [
     inf(f"{CM}/max-model-len exceeds ModelTokenLimit", {"resource.instanceType": A10X2, "inference.config": "cfg"}, [MML],
         "exceeds phi-3-mini-4k-instruct's context window of 4096", config_maps={"cfg": {"inference_config.yaml":
         "vllm:\n  max-model-len: 20480\n  gpu-memory-utilization: 0.84\n"}}),
-    inf(f"kaiflow:{CM}/max-model-len not an integer", {"inference.config": "cfg"}, [MML], "not an integer",
+    inf(f"kaiflow:{CM[6:]}/max-model-len not an integer", {"inference.config": "cfg"}, [MML], "not an integer",
         config_maps={"cfg": {"inference_config.yaml": "vllm:\n  max-model-len: lots\n"}}),
     inf(f"{CM}/max-model-len not checked under the transformers runtime", {"inference.config": "cfg",
         ANN: {"kaito.sh/runtime": "transformers"}}, config_maps={"cfg": {"inference_config.yaml": "vllm:\n  max-model-len: 20480\n"}}),
@@ -321,7 +321,7 @@ CASES = [
     tun(f"{TC}/qlora with neither 4-bit nor 8-bit loading", {"tuning.method": "qlora", "tuning.config": "tcfg"},
         [f"{TCM}.training_config.QuantizationConfig"], "method qlora needs load_in_4bit",
         config_maps={"tcfg": {"training_config.yaml": "training_config:\n  QuantizationConfig:\n    load_in_4bit: false\n"}}),
-    tun(f"kaiflow-differs:{TC}/qlora without QuantizationConfig (the method's 4-bit defaults fill it)",
+    tun(f"kaiflow-differs:{TC[6:]}/qlora without QuantizationConfig (the method's 4-bit defaults fill it)",
         {"tuning.method": "qlora", "tuning.config": "tcfg"},
         config_maps={"tcfg": {"training_config.yaml": "training_config:\n  TrainingArguments:\n    max_steps: 60\n"}}),
     tun(f"{TC}/lora with 4-bit on", {"tuning.config": "tcfg"}, [f"{TCM}.training_config.QuantizationConfig.load_in_4bit"],
@@ -382,7 +382,7 @@ CASES = [
     inf("kaiflow:labels/invalid label key", {"resource.labelSelector": {"matchLabels": {"-apps": "a"}}},
         ["resource.labelSelector.matchLabels[-apps]"], "not a valid label key"),
     # -- gated models (Kaito: downloadAuthRequired), placeholders, several problems at once
-    tun("kaiflow:gated/the Kaito examples' Arc placeholders", {"resource.instanceType": "<your-vm-sku>"}),
+    tun("kaiflow:placeholders/the Kaito examples' Arc instance type", {"resource.instanceType": "<your-vm-sku>"}),
     inf("kaiflow:several problems/one line each", {"metadata.name": "bad.name", "resource.instanceType": "Standard_E16s_v5",
         ANN: {"kaito.sh/performance-mode": "fast"}}, ["metadata.name", "resource.instanceType", f"{ANN}[kaito.sh/performance-mode]"]),
     inf("kaiflow:typo/labelselector is one problem, not unknown plus missing", {"resource.labelSelector": DELETE,
