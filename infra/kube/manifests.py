@@ -489,7 +489,8 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
                  extra_tolerations: list[dict] | None = None) -> dict:
     model = ws.inference.preset.name
     cmd = ["python", "-m", "serving", "--model", model, "--host", "0.0.0.0", "--port", str(SERVER_PORT),
-           "--served-model-name", model, "--engine", "auto"]
+           "--served-model-name", model,
+           "--engine", "transformers" if ws.runtime == "transformers" else "auto"]  # kaito.sh/runtime
     for a in adapters:
         cmd += ["--adapter", f"{a['name']}={ADAPTER_DIR}/{a['name']}:{a['strength']:g}"]
     # the plan's engine arguments first, the user's inference ConfigMap (if any) last: its keys win

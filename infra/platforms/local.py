@@ -202,7 +202,7 @@ class LocalPlatform:
             _roll_adapters(server, wanted, report)
             server.adapters = wanted
         else:
-            started = _start(name, model, wanted, config_text)
+            started = _start(name, model, wanted, config_text, runtime=ws.runtime)
             old_pid = server.pid
             server = records.Server(endpoint=started["endpoint"], port=started["port"], pid=started["pid"], model=model,
                                     config=config_text, adapters=wanted)
@@ -353,12 +353,14 @@ def _roll_adapters(server: records.Server, wanted: list[records.ServedAdapter], 
         httpx.post(f"{server.endpoint}/v1/unload_lora_adapter", json={"lora_name": gone}, timeout=60)
 
 
-def _start(name: str, model: str, adapters: list[records.ServedAdapter], config_text: str | None) -> dict:
+def _start(name: str, model: str, adapters: list[records.ServedAdapter], config_text: str | None,
+           runtime: str = "vllm") -> dict:
     s = settings.load()
     port = local_process.free_port(s.serve_host)
     wdir = records.workspace_dir(name)
     cmd = [sys.executable, "-m", "serving", "--model", model, "--host", s.serve_host, "--port", str(port),
-           "--engine", s.engine, "--served-model-name", model]
+           "--engine", "transformers" if runtime == "transformers" else s.engine,  # kaito.sh/runtime
+           "--served-model-name", model]
     for a in adapters:
         cmd += ["--adapter", f"{a.name}={a.dir}:{a.strength}"]
     if config_text:
