@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from serving import errors
+from serving import errors, protocol
 from serving.engines import base
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+NAME_PATTERN = re.compile(protocol.ADAPTER_NAME)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -57,7 +57,11 @@ def parse_spec(text: str) -> AdapterSpec:
 def make_spec(name: str, path: str | Path, strength: float = 1.0) -> AdapterSpec:
     check_name(name)
     check_strength(name, strength)
-    return AdapterSpec(name=name, path=Path(path).expanduser(), strength=float(strength))
+    try:
+        expanded = Path(path).expanduser()
+    except RuntimeError:  # "~someone" with no such user: left as given, refused below as not existing
+        expanded = Path(path)
+    return AdapterSpec(name=name, path=expanded, strength=float(strength))
 
 
 def check_name(name: str) -> None:
@@ -75,10 +79,14 @@ def check_strength(name: str, strength: float) -> None:
 
 def adapter_dir(path: Path) -> Path:
     """The directory holding ``adapter_config.json``: ``path`` or its ``data/`` (Kaito's image layout)."""
-    for candidate in (path, path / "data"):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    if not path.exists():
+    try:
+        for candidate in (path, path / "data"):
+            if (candidate / "adapter_config.json").is_file():
+                return candidate
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a permission: not a usable directory
+        raise errors.BadRequest(f"adapter directory {str(path)!r} cannot be read: {exc}", param="lora_path") from exc
+    if not exists:
         raise errors.BadRequest(f"adapter directory {path} does not exist", param="lora_path")
     raise errors.BadRequest(
         f"adapter directory {path} has no adapter_config.json (nor data/adapter_config.json): "
@@ -91,8 +99,10 @@ def read_config(directory: Path) -> dict:
     config_file = directory / "adapter_config.json"
     try:
         config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.BadRequest(f"{config_file} is not readable JSON: {exc}", param="lora_path") from exc
+    if not isinstance(config, dict):
+        raise errors.BadRequest(f"{config_file} is not a JSON object: point lora_path at a peft adapter", param="lora_path")
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise errors.BadRequest(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LORA adapters are served")
     if not any((directory / f).is_file() for f in WEIGHT_FILES):
@@ -101,21 +111,40 @@ def read_config(directory: Path) -> dict:
 
 
 def max_rank(config: dict) -> int:
-    ranks = [int(config.get("r", 8))] + [int(r) for r in (config.get("rank_pattern") or {}).values()]
+    try:
+        ranks = [int(config.get("r", 8))] + [int(r) for r in (config.get("rank_pattern") or {}).values()]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise errors.BadRequest(f"adapter_config.json: r and rank_pattern must hold integers ({exc})", param="lora_path") from exc
     return max(ranks)
+
+
+def load_weights(source: Path) -> dict:
+    """The adapter's tensors; a file that is not readable tensors is a 400 naming it, before any engine sees it.
+
+    An engine handed corrupt weights fails deep inside (peft has already changed the model by then;
+    vLLM's engine process loads them), so both engines get only adapters whose weights were read here.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    weights = source / "adapter_model.safetensors"
+    try:
+        if weights.is_file():
+            return load_file(str(weights))
+        weights = source / "adapter_model.bin"
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, pickle errors, OSError: all mean "not usable"
+        raise errors.BadRequest(f"{weights} cannot be read as adapter weights ({type(exc).__name__}: {exc})",
+                                param="lora_path") from exc
 
 
 def write_scaled_copy(source: Path, dest: Path, strength: float) -> None:
     """Copy the adapter at ``source`` to ``dest`` with every ``lora_B`` tensor multiplied by ``strength``."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
+    tensors = load_weights(source)
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "adapter_config.json", dest / "adapter_config.json")
-    if (source / "adapter_model.safetensors").is_file():
-        tensors = load_file(str(source / "adapter_model.safetensors"))
-    else:
-        tensors = torch.load(source / "adapter_model.bin", map_location="cpu", weights_only=True)
     scaled = {k: (v * strength if _is_b_matrix(k) else v).contiguous() for k, v in tensors.items()}
     save_file(scaled, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
 
@@ -130,14 +159,21 @@ def prepare(spec: AdapterSpec, version: int, engine_id: int, workdir: Path) -> b
     config = read_config(source)
     if config.get("use_dora") and spec.strength != 1.0:
         raise errors.BadRequest(f"adapter {spec.name!r} is a DoRA adapter: its strength must be 1.0", param="strength")
+    rank = max_rank(config)
     served, temp_dir = source, None
-    if spec.strength != 1.0:
+    if spec.strength == 1.0:
+        load_weights(source)  # read, not kept: the engine loads its own copy (a scaled copy reads them below)
+    else:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-v{version}-", dir=workdir))
-        write_scaled_copy(source, temp_dir, spec.strength)
+        try:
+            write_scaled_copy(source, temp_dir, spec.strength)
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
         served = temp_dir
     return base.LoadedAdapter(
         name=spec.name, version=version, engine_id=engine_id, source=source,
-        served_path=served, strength=spec.strength, rank=max_rank(config), temp_dir=temp_dir,
+        served_path=served, strength=spec.strength, rank=rank, temp_dir=temp_dir,
     )
 
 

@@ -41,6 +41,7 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import adapters, config, errors, metrics, protocol
 from serving.engines import base
@@ -125,6 +126,8 @@ class Server:
 
     def check_prompt(self, prompt_len: int, param: str = "messages") -> None:
         limit = self.engine.max_model_len
+        if prompt_len == 0:  # nothing to continue from: transformers' generate fails on it, vLLM refuses it
+            raise errors.BadRequest("the prompt is empty (0 tokens): give some text to continue", param=param)
         if prompt_len >= limit:
             raise errors.BadRequest(f"the prompt is {prompt_len} tokens; this model's context is {limit} tokens: "
                                     "shorten the prompt", param=param)
@@ -269,8 +272,9 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
             task.cancel()
             await server.close()
 
-    app = FastAPI(title="kaiflow inference server", lifespan=lifespan)
+    app = FastAPI(title="kaiflow inference server", lifespan=lifespan, description=API_DESCRIPTION)
     app.state.server = server
+    _document_errors_as_sent(app)
     app.add_middleware(RequestBody, max_bytes=cfg.max_request_bytes)  # inside the metrics: 413s are counted
     app.add_middleware(metrics.MetricsMiddleware, metrics=lambda: server.metrics)
     _install_error_handlers(app)
@@ -279,8 +283,8 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
     async def root() -> dict[str, str]:  # Kaito's liveness answer
         return {"message": "Server is running"}
 
-    @app.get("/health")
-    @app.get("/healthz")
+    @app.get("/health", responses=HEALTH_503)
+    @app.get("/healthz", responses=HEALTH_503)
     async def health() -> JSONResponse:
         if server.ready:
             return JSONResponse({"status": "ok", "engine": engine.name, "model": cfg.served_model_name})
@@ -304,7 +308,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                              "root": str(adapter.source), "parent": cfg.served_model_name, "strength": adapter.strength})
         return {"object": "list", "data": data}
 
-    @app.post("/v1/load_lora_adapter")
+    @app.post("/v1/load_lora_adapter", responses=_errors(400, 413, 503))
     async def load_lora_adapter(req: protocol.LoadAdapterRequest) -> dict[str, Any]:
         server.require_ready()
         if req.lora_name in server.base_names():
@@ -314,7 +318,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         return {"status": "ok", "lora_name": adapter.name, "version": adapter.version, "strength": adapter.strength,
                 "message": f"Success: LoRA adapter '{adapter.name}' added successfully."}
 
-    @app.post("/v1/unload_lora_adapter")
+    @app.post("/v1/unload_lora_adapter", responses=_errors(400, 404, 413, 503))
     async def unload_lora_adapter(req: protocol.UnloadAdapterRequest) -> dict[str, Any]:
         server.require_ready()
         await server.adapters.unload(req.lora_name)
@@ -322,7 +326,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         return {"status": "ok", "lora_name": req.lora_name,
                 "message": f"Success: LoRA adapter '{req.lora_name}' removed successfully."}
 
-    @app.post("/chat")
+    @app.post("/chat", responses=_errors(400, 404, 413, 429, 503, kaito=True))
     async def kaito_chat(req: protocol.KaitoChatRequest) -> dict[str, str]:
         server.require_ready()
         if req.prompt is None and not req.messages:
@@ -355,7 +359,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         full = req.return_full_text and not templated
         return {"Result": (prompt_text + text) if full else text}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_errors(400, 404, 413, 429, 503))
     async def chat_completions(req: protocol.ChatCompletionRequest) -> Any:
         server.require_ready()
         adapter = server.pick_adapter(req.model)
@@ -372,7 +376,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                              "logprobs": None}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_errors(400, 404, 413, 429, 503))
     async def completions(req: protocol.CompletionRequest) -> Any:
         server.require_ready()
         if req.suffix:
@@ -478,6 +482,46 @@ def _completion_events(head: dict, echo: str, first: base.Delta, rest: AsyncIter
     return _events(first, rest, chunk, usage_chunk)
 
 
+# ---- the OpenAPI schema ---------------------------------------------------------------------------
+API_DESCRIPTION = (
+    "Kaito's `/chat` and the OpenAI API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`), run-time "
+    "LoRA adapter loading, `/health` and Prometheus `/metrics`. Every refusal is a 4xx whose message says what to "
+    "change; the only 5xx is 503 while the model loads (with Retry-After). A full queue answers 429 with Retry-After."
+)
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: the message names the field and what to change",
+    404: "No model or adapter by that name: the message lists those available",
+    413: "The body is over the server's --max-request-bytes",
+    429: "The queue is full: retry after the Retry-After header's seconds",
+    503: "The model is still loading (or failed to load): retry after the Retry-After header's seconds",
+}
+HEALTH_503: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Loading, or failed to load: {\"status\": \"loading\" | \"failed\", \"detail\": ...}"}}
+
+
+def _errors(*statuses: int, kaito: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the refusals a route answers (`/v1/*`: OpenAI's error shape; elsewhere Kaito's)."""
+    model = protocol.KaitoError if kaito else protocol.OpenAIError
+    return {status: {"model": model, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def _document_errors_as_sent(app: FastAPI) -> None:
+    """Drop FastAPI's automatic 422 from the schema: invalid bodies get 400 here (`validation_error`), as in OpenAI's API."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 # ---- request size -------------------------------------------------------------------------------
 class RequestBody:
     """ASGI middleware for request bodies: a size cap, and curl's default content type read as JSON.
@@ -574,6 +618,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif isinstance(exc, errors.NotReady):
             headers = {"Retry-After": "5"}
         return _error_response(request, exc.status, exc.message, exc.kind, exc.param, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, an unknown path, a wrong method): the same shapes as ours
+        kinds = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError"}
+        return _error_response(request, exc.status_code, str(exc.detail), kinds.get(exc.status_code, "HTTPError"), None,
+                               dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 
+GREEDY_BELOW = 1e-5  # a temperature under this decodes greedily (vLLM's _SAMPLING_EPS)
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick tokens. ``temperature == 0`` means greedy; ``top_k <= 0`` means no top-k."""
+    """How to pick tokens. ``temperature`` under `GREEDY_BELOW` means greedy; ``top_k <= 0`` means no top-k."""
 
     max_tokens: int
     temperature: float = 0.0
@@ -28,7 +31,8 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # as vLLM does: below this, dividing logits by the temperature overflows (inf, then NaN probabilities)
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

@@ -64,19 +64,27 @@ class TransformersEngine:
     async def add_adapter(self, adapter: base.LoadedAdapter) -> None:
         try:
             await self._on_worker(self._add, adapter)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise errors.BadRequest(f"adapter {adapter.name!r} from {adapter.source} does not fit this model: {exc}",
-                                    param="lora_path") from exc
+        except errors.ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - peft and safetensors raise many kinds (SafetensorError is none of the usual)
+            raise errors.BadRequest(f"adapter {adapter.name!r} from {adapter.source} cannot be loaded into this model: "
+                                    f"{type(exc).__name__}: {exc}", param="lora_path") from exc
 
     def _add(self, adapter: base.LoadedAdapter) -> None:
         from peft import PeftModel
 
+        # the weights were read once already (adapters.prepare), so a corrupt file never gets here
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self._model, str(adapter.served_path), adapter_name=adapter.key,
                                                    is_trainable=False)
             self._peft.eval()
-        else:
+            return
+        try:
             self._peft.load_adapter(str(adapter.served_path), adapter_name=adapter.key, is_trainable=False)
+        except BaseException:  # e.g. weights of other shapes: remove what was injected, the model stays as it was
+            if adapter.key in self._peft.peft_config:
+                self._peft.delete_adapter(adapter.key)
+            raise
 
     async def remove_adapter(self, adapter: base.LoadedAdapter) -> None:
         await self._on_worker(self._remove, adapter)
