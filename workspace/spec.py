@@ -34,7 +34,7 @@ class Model(BaseModel):
 
 
 class ObjectMeta(Model):
-    name: str = Field(description="Workspace name: a DNS-1123 subdomain (lowercase letters, digits, '-', '.'), at most 253 characters.")
+    name: str = Field(description="Workspace name: lowercase letters, digits and '-', starting with a letter, at most 63 characters (it names the inference Service).")
     namespace: str | None = Field(None, description="Kubernetes namespace (kubernetes/aks platforms); default from the context.")
     labels: dict[str, str] | None = Field(None, description="Labels copied onto every object the workspace creates.")
     annotations: dict[str, str] | None = Field(None, description="Annotations, e.g. kaito.sh/performance-mode: throughput.")

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
-NAME_HELP = "Workspace name: a DNS-1123 subdomain"  # the metadata.name field's description in the form
+NAME_HELP = "Workspace name: lowercase letters, digits"  # the metadata.name field's description in the form
 
 
 @pytest.fixture(scope="module")
