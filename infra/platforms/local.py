@@ -296,13 +296,12 @@ def _run_reporting_progress(cmd: list[str], log_path: Path) -> tuple[int, str]:
             ev = protocol.parse_progress(line)
             if ev is None:  # a progress line is also said as a human line: the log keeps that one only
                 logf.write(line)
-            else:
-                if "step" in ev and "loss" in ev:
-                    total = ev.get("max_steps") or "?"
-                    done = int(20 * ev["step"] / total) if isinstance(total, int) and total else 0
-                    log.info("tuning [%s%s] step %s/%s loss %.4f", "#" * done, "." * (20 - done), ev["step"], total, ev["loss"])
-            elif line.startswith(protocol.ERROR_PREFIX):
-                last_error = line.strip()
+                if line.startswith(protocol.ERROR_PREFIX):
+                    last_error = line.strip()
+            elif "step" in ev and "loss" in ev:
+                total = ev.get("max_steps") or "?"
+                done = int(20 * ev["step"] / total) if isinstance(total, int) and total else 0
+                log.info("tuning [%s%s] step %s/%s loss %.4f", "#" * done, "." * (20 - done), ev["step"], total, ev["loss"])
         rc = proc.wait()
     return rc, last_error
 
