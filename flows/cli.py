@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except KaiflowError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)  # one problem a line
         return 1
     except BrokenPipeError:
         return 0

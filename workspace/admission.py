@@ -206,8 +206,13 @@ def _instance_type(instance: str) -> list[Problem]:
     if PLACEHOLDER.fullmatch(instance):
         return []  # a template placeholder, as in Kaito's Arc examples (see notes); not sized
     names = [s.name for s in presets.skus()]
-    close = difflib.get_close_matches(instance, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; GPU instance types: `kaiflow skus` (e.g. {', '.join(names[:3])})"
+    def key(n: str) -> str:  # compare what follows Azure's common prefix: a typo, not another size family
+        return n.removeprefix("Standard_").lower()
+
+    by_key = {key(n): n for n in names}
+    close = [by_key[k] for k in difflib.get_close_matches(key(instance), list(by_key), n=3, cutoff=0.75)]
+    hint = (f"; did you mean {', '.join(close)}?" if close else
+            f"; pick a GPU instance type from `kaiflow skus`, e.g. {', '.join(names[:3])}")
     return [Problem("resource.instanceType", f"'{instance}' is not a GPU instance type Kaito supports{hint}")]
 
 
