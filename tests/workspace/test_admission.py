@@ -489,3 +489,16 @@ def test_validate_prints_one_error_per_line_for_every_file(tmp_path):
                       f"error: {bad}: resource.instanceType: " + errors[1].split("resource.instanceType: ", 1)[1]], r.stderr
     assert f"{good}: valid:" in r.stdout and "Traceback" not in r.stderr
 
+
+
+def test_plan_and_apply_print_each_problem_on_its_own_error_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    doc = copy.deepcopy(INFERENCE)
+    doc["metadata"]["name"] = "bad.name"
+    doc["resource"]["instanceType"] = "Standard_E16s_v5"
+    bad.write_text(yaml.safe_dump(doc))
+    for command in (["plan"], ["apply", "--dry-run"]):
+        r = subprocess.run([sys.executable, "-m", "flows.cli", *command, "-f", str(bad)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+        lines = r.stderr.splitlines()
+        assert r.returncode == 1 and len(lines) == 2 and all(line.startswith(f"error: {bad}: ") for line in lines), r.stderr
