@@ -8,6 +8,8 @@ psutil.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -15,10 +17,34 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``Popen(preexec_fn=...)`` that makes the child get ``sig`` when the thread that starts it
+    exits (Linux's ``PR_SET_PDEATHSIG``, as ``serving.engines.lifeline`` does for vLLM's engine):
+    a tuning run dies with its apply, a server with its supervisor, however they die. A parent that
+    died before the call makes the child exit at once. Elsewhere than Linux it does nothing.
+
+    The C function is looked up here, before the fork: the child only calls it.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def free_port(host: str = "127.0.0.1") -> int:

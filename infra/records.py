@@ -65,6 +65,12 @@ class Server(BaseModel):
     pid: int | None = None
     port: int | None = None
     adapters: list[ServedAdapter] = Field(default_factory=list)
+    # local: the supervisor that restarts a crashed server (infra.supervisor), what it has seen
+    engine: str | None = None
+    supervisor_pid: int | None = None
+    restarts: int = 0  # a pod's RESTARTS: crashes the supervisor restarted the server after
+    last_exit: str | None = None  # "killed by SIGKILL", "exit status 1"
+    down_since: str | None = None  # when the server was seen down; None while it serves
 
 
 class Placement(BaseModel):

@@ -7,10 +7,13 @@
     publish        push the adapter as a Kaito-layout OCI image (a registry, or the OCI layout
                    under KAIFLOW_HOME when the reference names none)
     evaluate       run ``python -m tuning.evaluate`` on the held-out rows
-    deploy         a detached ``python -m serving`` process; adapters rolled into a running server
-                   of the same model through ``/v1/load_lora_adapter`` (no restart, no gap),
-                   otherwise a new server that replaces the old one only once it is healthy
-    teardown       stop the server; logs: its log files
+    deploy         a detached supervisor (``python -m infra.supervisor``) running ``python -m serving``
+                   and restarting it when it crashes; adapters rolled into a running server of the
+                   same model through ``/v1/load_lora_adapter`` (no restart, no gap), otherwise a new
+                   supervised server that replaces the old one only once it is healthy
+    teardown       stop the supervisor and its server; logs: its log files
+    describe       the record, refreshed from what runs: a server that is not running (or does not
+                   answer ``/health``) shows InferenceReady False, with why and since when
 
 The tuning and evaluation programs speak the protocol in ``tuning.protocol``: progress lines, an
 ``error:`` line, exit status 2 for bad input, the COMPLETE marker and ``metrics.json``.
@@ -31,7 +34,7 @@ from typing import Any
 import httpx
 import yaml
 
-from infra import datasets, local_process, records, registry
+from infra import datasets, local_process, records, registry, supervisor
 from infra.platforms.base import Dataset, Endpoint, Image, PartSummary, Provisioned, Scores, Teardown, Tuned
 from tuning import protocol
 from workspace import configmaps
@@ -145,7 +148,8 @@ class LocalPlatform:
             for adapter, path in adapters.items():
                 cmd += ["--adapter", f"{adapter}={path}"]
             log.info("running: %s", " ".join(cmd))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  preexec_fn=local_process.die_with_parent())
         (wdir / "evaluation.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out.exists():
             last = next((line for line in reversed(proc.stderr.splitlines()) if line.startswith(protocol.ERROR_PREFIX)), "")
@@ -197,28 +201,33 @@ class LocalPlatform:
         record = records.load(name)
         server = record.server if record and record.server else records.Server()
         same = (server.model == model and server.config == config_text
-                and local_process.alive(server.pid, SERVING_MARKER) and _healthy(server.endpoint))
+                and local_process.alive(server.pid, SERVING_MARKER)
+                and local_process.alive(server.supervisor_pid, supervisor.MARKER) and _healthy(server.endpoint))
         if same:
             _roll_adapters(server, wanted, report)
             server.adapters = wanted
         else:
             started = _start(name, model, wanted, config_text, runtime=ws.runtime)
-            old_pid = server.pid
+            old = server
             server = records.Server(endpoint=started["endpoint"], port=started["port"], pid=started["pid"], model=model,
-                                    config=config_text, adapters=wanted)
-            if old_pid and old_pid != started["pid"]:
-                local_process.stop(old_pid, SERVING_MARKER)
-            log.info("inference server for %s at %s (pid %s)", name, server.endpoint, server.pid)
+                                    config=config_text, adapters=wanted, engine=started["engine"],
+                                    supervisor_pid=started["supervisor_pid"])
+            if old.pid != started["pid"]:
+                _stop_server(old)
+            log.info("inference server for %s at %s (pid %s, supervisor pid %s)", name, server.endpoint, server.pid,
+                     server.supervisor_pid)
             report.event("ServerStarted", f"{server.endpoint} pid {server.pid}")
         records.update(name, server=server, endpoint=server.endpoint)
+        _stop_orphans(name, keep=server.supervisor_pid)
         report.condition(status.INFERENCE_READY, True, "InferenceServerReady", f"serving at {server.endpoint}")
         return Endpoint(endpoint=server.endpoint, pid=server.pid,
                         adapters=[{"name": a.name, "digest": a.digest, "strength": a.strength} for a in wanted])
 
     # ------------------------------------------------------------------ views
     def teardown(self, record: records.WorkspaceRecord) -> Teardown:
-        pid = record.server.pid if record.server else None
-        return Teardown(server_stopped=local_process.stop(pid, SERVING_MARKER))
+        stopped = _stop_server(record.server) if record.server else False
+        stopped = _stop_orphans(record.name, keep=None) or stopped
+        return Teardown(server_stopped=stopped)
 
     def logs(self, record: records.WorkspaceRecord, part: str) -> str:
         path = records.workspace_dir(record.name) / ("tuning.log" if part == "tuning" else "server.log")
@@ -227,11 +236,20 @@ class LocalPlatform:
         return path.read_text(errors="replace")
 
     def describe(self, record: records.WorkspaceRecord) -> dict[str, Any]:
+        server = record.server
+        if server is None or not server.endpoint:
+            view = record.model_dump(mode="json")
+            view.pop("cluster", None)
+            return view
+        running = local_process.alive(server.pid, SERVING_MARKER)
+        supervised = local_process.alive(server.supervisor_pid, supervisor.MARKER)
+        ready = running and _healthy(server.endpoint)
+        said = record.condition(status.INFERENCE_READY)
+        if not ready and said and said.get("status") == "True":
+            record = _seen_down(record, running, supervised)
         view = record.model_dump(mode="json")
         view.pop("cluster", None)
-        pid = record.server.pid if record.server else None
-        if pid:
-            view["server_running"] = local_process.alive(pid, SERVING_MARKER)
+        view["server_running"], view["server_ready"], view["supervisor_running"] = running, ready, supervised
         return view
 
 
@@ -289,8 +307,10 @@ def _run_reporting_progress(cmd: list[str], log_path: Path) -> tuple[int, str]:
     log.info("running: %s", " ".join(cmd))
     last_error = ""
     with open(log_path, "w") as logf:
+        # the tuning program dies with the thread that waits for it (PR_SET_PDEATHSIG): an apply killed
+        # mid-tuning leaves no trainer behind writing the checkpoints the next apply resumes from
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=local_process.die_with_parent())
         assert proc.stdout is not None
         for line in proc.stdout:
             ev = protocol.parse_progress(line)
@@ -354,25 +374,100 @@ def _roll_adapters(server: records.Server, wanted: list[records.ServedAdapter], 
 
 def _start(name: str, model: str, adapters: list[records.ServedAdapter], config_text: str | None,
            runtime: str = "vllm") -> dict:
+    """A new supervised server (``infra.supervisor``), once it answers ``/health``."""
     s = settings.load()
+    engine = "transformers" if runtime == "transformers" else s.engine  # kaito.sh/runtime
     port = local_process.free_port(s.serve_host)
     wdir = records.workspace_dir(name)
-    cmd = [sys.executable, "-m", "serving", "--model", model, "--host", s.serve_host, "--port", str(port),
-           "--engine", "transformers" if runtime == "transformers" else s.engine,  # kaito.sh/runtime
-           "--served-model-name", model]
-    for a in adapters:
-        cmd += ["--adapter", f"{a.name}={a.dir}:{a.strength}"]
+    wdir.mkdir(parents=True, exist_ok=True)
+    config_path = None
     if config_text:
-        cfg = wdir / "inference_config.yaml"
+        cfg = wdir / f"inference_config-{port}.yaml"  # one per server: a restart reads the config it started with
         cfg.write_text(config_text)
-        cmd += ["--config", str(cfg)]
+        config_path = str(cfg)
     log_path = wdir / "server.log"
-    pid = local_process.start(cmd, log_path=log_path, pidfile=wdir / f"server-{port}.pid")
+    spec_path = wdir / f"server-{port}.json"
+    supervisor.write_spec(spec_path, workspace=name, model=model, host=s.serve_host, port=port, engine=engine,
+                          adapters=adapters, config_path=config_path, log_path=log_path)
+    sup = local_process.start([sys.executable, "-m", "infra.supervisor", "--spec", str(spec_path)],
+                              log_path=wdir / "supervisor.log", pidfile=wdir / f"supervisor-{port}.pid")
     url = f"http://{s.serve_host}:{port}"
     try:
-        local_process.wait_healthy(f"{url}/health", pid=pid, marker=SERVING_MARKER, timeout=s.health_timeout_s,
+        local_process.wait_healthy(f"{url}/health", pid=sup, marker=supervisor.MARKER, timeout=s.health_timeout_s,
                                    log_path=log_path)
     except (RuntimeError, TimeoutError) as exc:
-        local_process.stop(pid, SERVING_MARKER)
+        local_process.stop(sup, supervisor.MARKER)
         raise DeploymentError(f"inference server for {name} did not become healthy: {exc}", reason="ServerNotHealthy") from None
-    return {"pid": pid, "endpoint": url, "port": port}
+    return {"pid": supervisor.read_state(spec_path).get("pid"), "supervisor_pid": sup, "endpoint": url, "port": port,
+            "engine": engine}
+
+
+def _stop_server(server: records.Server) -> bool:
+    """Stop a server and its supervisor for good; True if either was running."""
+    stopped = local_process.stop(server.supervisor_pid, supervisor.MARKER)  # its process group: the server too
+    return local_process.stop(server.pid, SERVING_MARKER) or stopped  # a server from before supervisors
+
+
+def _stop_orphans(name: str, keep: int | None) -> bool:
+    """Stop the workspace's supervisors other than ``keep`` (left by a deploy killed before it recorded
+    its server) and forget the files of stopped ones; True if one was running."""
+    stopped = False
+    for spec_path in records.workspace_dir(name).glob("server-*.json"):
+        if spec_path.name.endswith(".state.json"):
+            continue
+        state = supervisor.read_state(spec_path)
+        pid = state.get("supervisor_pid")
+        if pid == keep and keep is not None:
+            continue
+        if pid and local_process.stop(pid, supervisor.MARKER):
+            log.info("stopped an orphaned inference server of %s (supervisor pid %s)", name, pid)
+            stopped = True
+        if not pid and _age_s(spec_path) < 30:
+            continue  # a supervisor starting right now has not written its state yet
+        for path in (spec_path, supervisor.state_path(spec_path)):
+            path.unlink(missing_ok=True)
+    return stopped
+
+
+def _age_s(path: Path) -> float:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _seen_down(record: records.WorkspaceRecord, running: bool, supervised: bool) -> records.WorkspaceRecord:
+    """The record with InferenceReady (and WorkspaceReady) False for a server that is down.
+
+    A server that is not running is written down (with the time it was first seen down), so every
+    later view agrees; its supervisor sets it True again once it answers. A running server that
+    does not answer ``/health`` (busy, or hung) is shown not ready in this view only: nothing would
+    set it back."""
+    server = record.server
+    assert server is not None
+    seen = server.down_since or status.now()
+    how = f"not running ({server.last_exit})" if not running and server.last_exit else (
+        "not running" if not running else "running but not answering /health")
+    then = (f"its supervisor (pid {server.supervisor_pid}) restarts it; restarts so far: {server.restarts}" if supervised
+            else "nothing restarts it: re-apply the workspace (kaiflow apply)")
+    message = f"server pid {server.pid} {how}, seen down at {seen}; {then}"
+    reason = "ServerNotRunning" if not running else "ServerNotAnswering"
+
+    def mark(rec: records.WorkspaceRecord) -> None:
+        if rec.server is None or rec.server.pid != server.pid:
+            return  # a deploy or the supervisor changed it meanwhile
+        if not running:
+            rec.server = rec.server.model_copy(update={"down_since": seen})
+        rec.conditions = status.set_condition(rec.conditions, status.INFERENCE_READY, False, reason, message)
+        ready = rec.condition(status.WORKSPACE_READY)
+        if ready and ready.get("status") == "True":
+            rec.conditions = status.set_condition(rec.conditions, status.WORKSPACE_READY, False, supervisor.DOWN_REASON,
+                                                  f"inference is not ready: {message}")
+
+    if not running:
+        return records.change(record.name, mark)
+    shown = record.model_copy(deep=True)
+    mark(shown)
+    return shown
