@@ -112,8 +112,9 @@ def kv_bytes_per_token(model: ModelPreset) -> int:
 
 
 def gpu_memory_utilization(sku: Sku) -> float:
-    """vLLM's --gpu-memory-utilization on ``sku``'s GPUs, as Kaito launches it."""
-    return GPU_MEMORY_UTILIZATION_BY_GPU.get(sku.gpu_model, GPU_MEMORY_UTILIZATION)
+    """vLLM's --gpu-memory-utilization on ``sku``'s GPUs, as Kaito launches it (a host's GPU as
+    nvidia-smi names it, "NVIDIA A10", is the catalog's "A10")."""
+    return GPU_MEMORY_UTILIZATION_BY_GPU.get(sku.gpu_model.removeprefix("NVIDIA ").strip(), GPU_MEMORY_UTILIZATION)
 
 
 @dataclass

@@ -241,6 +241,12 @@ def test_gpu_memory_utilization(instance, utilization):
     assert p.gpu_memory_utilization == utilization and p.vllm_args()["gpu-memory-utilization"] == utilization
 
 
+def test_gpu_memory_utilization_of_a_host_gpu_named_by_nvidia_smi():
+    """interface.go keys the A10 override by "NVIDIA A10", the name nvidia-smi gives a local GPU."""
+    assert sizing.gpu_memory_utilization(gpu_config(1, 24, "NVIDIA A10")) == 0.82
+    assert sizing.gpu_memory_utilization(gpu_config(1, 24, "NVIDIA A10G")) == 0.84
+
+
 # ----------------------------------------------------------------------------- preset_vllm_test.go (e2e)
 @pytest.mark.parametrize("model, instance, count, nodes", [
     pytest.param("llama-3.1-8b-instruct", "Standard_NV36ads_A10_v5", 1, 1,
