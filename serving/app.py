@@ -517,9 +517,24 @@ def _document_errors_as_sent(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
+            _exact_int64_bounds(schema)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _exact_int64_bounds(node: Any) -> None:
+    """FastAPI's schema model keeps bounds as floats: 2**63 - 1 would read 9.223372036854776e18, i.e. 2**63."""
+    exact = {float(v): v for v in protocol.INT64.values()}
+    if isinstance(node, dict):
+        for key in ("minimum", "maximum"):
+            if isinstance(node.get(key), float) and node[key] in exact:
+                node[key] = exact[node[key]]
+        for value in node.values():
+            _exact_int64_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _exact_int64_bounds(value)
 
 
 # ---- request size -------------------------------------------------------------------------------

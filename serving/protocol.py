@@ -13,7 +13,7 @@ Deliberate differences from Kaito's `/chat` (v0.4-v0.8; Kaito v0.9+ serves only 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # and fuzzers what is accepted, and a value no engine can take is a 400 here, not a 500 there.
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}  # OpenAI's `seed`; torch and vLLM seed generators take 64 bits
 INT32_MAX = 2**31 - 1  # top_k: vLLM packs it into an int32 tensor; no vocabulary is larger
+StopString = Annotated[str, Field(min_length=1)]  # vLLM refuses an empty one; on transformers it would stop at once
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"  # the same as serving.adapters.NAME_PATTERN
 # NaN and Infinity are not JSON, but Python's parser reads them: every model here sets allow_inf_nan=False
 
@@ -91,16 +92,18 @@ class _OpenAISampling(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1, le=INT32_MAX, description="-1 or 0: no top-k (vLLM's extension)")
     n: int = Field(1, ge=1, le=1, description="one choice per request")
-    stop: str | list[str] | None = Field(None, description="generation stops before any of these strings")
+    stop: StopString | list[StopString] | None = Field(None, description="generation stops before any of these strings")
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, **INT64)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="not supported: only 0 is accepted")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="not supported: only 0 is accepted")
+    # not supported: the schema says only what is accepted; the server's 400 for others says what to use instead
+    presence_penalty: float = Field(0.0, description="not supported: only 0", json_schema_extra={"minimum": 0, "maximum": 0})
+    frequency_penalty: float = Field(0.0, description="not supported: only 0", json_schema_extra={"minimum": 0, "maximum": 0})
     repetition_penalty: float = Field(1.0, ge=0.01, le=100.0, description="1.0: none (vLLM's extension)")
     min_tokens: int = Field(0, ge=0, description="tokens to generate before the end may come (vLLM's extension)")
     ignore_eos: bool = False
-    logprobs: bool | int | None = Field(None, description="not supported: only false, 0 or null")
+    logprobs: bool | int | None = Field(None, description="not supported: only false, 0 or null",
+                                        json_schema_extra={"enum": [False, 0, None]})
     user: str | None = None
 
     def stops(self) -> tuple[str, ...]:
@@ -123,7 +126,7 @@ class CompletionRequest(_OpenAISampling):
         description="one text or one list of token ids (a list of one of them is accepted; batches are not)")
     max_tokens: int | None = Field(16, ge=1, description="null: the server's --default-max-tokens, within the context")
     echo: bool = False
-    suffix: str | None = Field(None, description="not supported: only empty or null")
+    suffix: str | None = Field(None, description="not supported: only empty or null", json_schema_extra={"maxLength": 0})
     best_of: int | None = Field(None, ge=1, le=1)
 
 

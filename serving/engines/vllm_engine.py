@@ -107,9 +107,9 @@ class VllmEngine:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
 
-        params = self._sampling_params(sampling, deltas)
         lora = self._lora_request(adapter) if adapter else None
         try:
+            params = self._sampling_params(sampling, deltas)  # vLLM validates them here: its refusals are 400s too
             async for output in self._llm.generate(tokens_input(prompt_ids), params, request_id, lora_request=lora):
                 choice = output.outputs[0]
                 reason = (choice.finish_reason or "stop") if output.finished else None

@@ -50,6 +50,7 @@ ALLOWED_5XX = {503}  # documented: the model is loading (429, the other document
 # tensors or of a whole request's text is caught, allocator noise of a few tens of MiB is not flagged.
 MEMORY_MARGIN_MIB = 64
 
+WARM_UP = 30  # valid cases per operation that takes input, before the baseline
 # how many examples each operation gets, per generation mode; the GET operations take no input
 EXAMPLES = {
     "POST /v1/chat/completions": 160,
@@ -92,6 +93,11 @@ def rss_mib(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total / 2**20
+
+
+def rss_by_process(pid: int) -> str:
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return ", ".join(f"{p.pid}: {p.memory_info().rss / 2**20:.0f}" for p in procs if p.is_running())
 
 
 def _tiny(value: Any, limit: int = 8) -> Any:
@@ -163,6 +169,9 @@ class Fuzzer:
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.failures: list[str] = []
         self.kinds: Counter[tuple[str, str]] = Counter()
+        self.refusals: Counter[str] = Counter()
+        self.waited = 0.0
+        self.mode = GenerationMode.POSITIVE
         self.slowest = 0.0
 
     def documented(self, label: str, status: int) -> bool:
@@ -184,9 +193,11 @@ class Fuzzer:
         finally:
             self.sent += 1
         elapsed = time.perf_counter() - start
-        self.slowest = max(self.slowest, elapsed)
+        self.slowest, self.waited = max(self.slowest, elapsed), self.waited + elapsed
         status = response.status_code
         self.statuses[(label, status)] += 1
+        if status == 400 and self.mode == GenerationMode.POSITIVE:  # what stops valid-looking cases (steering hints)
+            self.refusals[f"{label} {_message(response)[:70]}"] += 1
         if status >= 500 and status not in ALLOWED_5XX:
             self.fail(label, f"{status} {response.text[:300]}", case.body)
         elif not self.documented(label, status):
@@ -203,6 +214,7 @@ class Fuzzer:
         method, path = label.split(" ", 1)
         operation = self.schema[path][method]
         strategy = operation.as_strategy(generation_mode=mode)
+        self.mode = mode
 
         @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))
@@ -216,6 +228,14 @@ class Fuzzer:
         return [f"{method.upper()} {path}" for path, methods in self.raw["paths"].items() for method in methods]
 
 
+def _message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return str(body.get("detail") or body.get("error", {}).get("message", "")) if isinstance(body, dict) else str(body)
+
+
 def _show(body: Any) -> str:
     text = json.dumps(body, ensure_ascii=True, default=repr) if not isinstance(body, (bytes, str)) else repr(body)
     return text if len(text) < 600 else text[:600] + "…"
@@ -225,10 +245,12 @@ def fuzz_server(server: RunningServer, adapter: Path) -> Fuzzer:
     fuzzer = Fuzzer(server, adapter)
     missing = set(EXAMPLES) - set(fuzzer.labels())
     assert not missing, f"operations gone from the schema: {missing}"
-    # warm-up: every operation once, so caches that are built on first use count in the baseline
+    # warm-up: valid cases on every operation, so what is allocated once on first use (caches sized by the
+    # longest prompt seen, kernels per batch shape, both fuzz adapters) counts in the baseline
     for label in fuzzer.labels():
-        fuzzer.run(label, GenerationMode.POSITIVE, 3)
+        fuzzer.run(label, GenerationMode.POSITIVE, WARM_UP if label in EXAMPLES else 1)
     before = rss_mib(server.proc.pid)
+    print(f"\nRSS after the warm-up: {before:.0f} MiB ({rss_by_process(server.proc.pid)})")
     fuzzer.sent = 0
     start = time.perf_counter()
     while fuzzer.sent < REQUESTS:
@@ -236,15 +258,21 @@ def fuzz_server(server: RunningServer, adapter: Path) -> Fuzzer:
             fuzzer.run(label, GenerationMode.POSITIVE, EXAMPLES.get(label, 1))
             if label in EXAMPLES:  # an operation that takes no input has no invalid input
                 fuzzer.run(label, GenerationMode.NEGATIVE, EXAMPLES[label])
+            print(f"  after {fuzzer.sent:4} requests: RSS {rss_mib(server.proc.pid):.0f} MiB")
     seconds = time.perf_counter() - start
     health = httpx.get(f"{server.url}/health", timeout=10)
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     after = rss_mib(server.proc.pid)
+    print(f"RSS at the end: {after:.0f} MiB ({rss_by_process(server.proc.pid)})")
     by_status = Counter(status for (_, status), n in fuzzer.statuses.items() for _ in range(n))
     print(f"\n{fuzzer.sent} requests in {seconds:.0f} s (slowest {fuzzer.slowest:.2f} s); statuses {dict(sorted(by_status.items()))}; "
           f"RSS {before:.0f} MiB before, {after:.0f} MiB after")
+    print(f"  {fuzzer.waited:.0f} s of it waiting for the server, the rest generating cases")
     for (label, status), n in sorted(fuzzer.statuses.items()):
         print(f"  {label:32} {status}: {n}")
+    print("  most frequent 400s of valid-looking cases:")
+    for what, n in fuzzer.refusals.most_common(8):
+        print(f"    {n:4} {what}")
     assert not fuzzer.failures, f"{len(fuzzer.failures)} failures:\n" + "\n".join(fuzzer.failures[:30])
     assert health.status_code == 200, health.text
     assert "kaiflow_requests_in_flight 0.0" in metrics, "a request never left the server"
@@ -282,6 +310,14 @@ def test_empty_prompt_is_400_not_500(server: RunningServer) -> None:
     raw = _post(server, "/chat", {"prompt": "", "apply_chat_template": False, "generate_kwargs": {"max_new_tokens": 4}})
     assert raw.status_code == 400 and "empty" in raw.json()["detail"]
     assert _text(server)
+
+
+def test_empty_stop_string_is_400_not_500(server: RunningServer) -> None:
+    """Found by the fuzzer on vLLM: `"stop": [""]` made vLLM's SamplingParams raise outside the engine's 400s."""
+    for stop in ("", ["a", ""]):
+        response = _post(server, "/v1/completions", {"model": BASE, "prompt": "hi", "max_tokens": 2, "stop": stop})
+        assert response.status_code == 400 and "stop" in response.json()["error"]["message"], response.text
+    assert isinstance(_text(server, stop=["\n", "."]), str)
 
 
 def test_numbers_no_engine_takes_are_400_naming_the_field(server: RunningServer) -> None:
