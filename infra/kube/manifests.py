@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import presets
@@ -258,14 +259,44 @@ def _gpu_resources(n: int) -> dict:
     return {"requests": {GPU: str(n)}, "limits": {GPU: str(n)}} if n else {}
 
 
+# The Pod Security "restricted" level (a namespace labelled pod-security.kubernetes.io/enforce=restricted
+# refuses pods without these); the images run as UID 1000 (deployments/images).
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# CPU and memory requests, so the scheduler, LimitRanges and ResourceQuotas see the pods: small for the
+# steps that move files, more for the one that loads the model (the GPU request sizes the node itself).
+STEP_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+MAIN_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+
+
+def restricted(pod: dict, main: str) -> dict:
+    """``pod`` with the restricted securityContext and CPU/memory requests on every container
+    (``main``: the container that loads the model). What the user set is kept."""
+    pod["securityContext"] = {**POD_SECURITY, **pod.get("securityContext", {})}
+    for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        c["securityContext"] = {**json.loads(json.dumps(CONTAINER_SECURITY)), **c.get("securityContext", {})}
+        resources = c.setdefault("resources", {})
+        resources["requests"] = {**(MAIN_REQUESTS if c["name"] == main else STEP_REQUESTS), **resources.get("requests", {})}
+    return pod
+
+
+def volume_name(prefix: str, text: str) -> str:
+    """A volume name (a DNS-1123 label) for ``text`` (a secret's name, even Kaito's placeholder
+    ``ACR_REGISTRY_SECRET_HERE``): lower case, other characters as '-', a hash when that changed it."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    suffix = "" if clean == text else "-" + short_hash(text, n=6)
+    return f"{prefix}-{clean[:MAX_NAME - len(prefix) - 1 - len(suffix)].rstrip('-')}{suffix}"
+
+
 def _secret_volume(secret: str) -> dict:
     """A docker-config secret (``kubernetes.io/dockerconfigjson``) mounted as ``config.json``."""
-    return {"name": f"secret-{dns_label(secret, 50)}",
+    return {"name": volume_name("secret", secret),
             "secret": {"secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}
 
 
 def _secret_mount(secret: str) -> dict:
-    return {"name": f"secret-{dns_label(secret, 50)}", "mountPath": f"{SECRETS_DIR}/{secret}", "readOnly": True}
+    return {"name": volume_name("secret", secret), "mountPath": f"{SECRETS_DIR}/{secret}", "readOnly": True}
 
 
 def _model_env(preset: spec.PresetSpec | None) -> list[dict]:
@@ -359,6 +390,17 @@ def _job(ws: spec.Workspace, name: str, namespace: str, component: str, cache_ke
     """A run-once Job on the workspace's GPU nodes: no retries, cleaned up after JOB_TTL_S, labelled
     with the cache key; its main container's termination message carries the result to the flow."""
     key_label = {CACHE_KEY_LABEL: cache_key[:63]} if cache_key else {}
+    pod = {
+        "restartPolicy": "Never",
+        "affinity": node_affinity(ws, node_selector),
+        "tolerations": tolerations(extra_tolerations),
+        **({"imagePullSecrets": secrets} if (secrets := _image_pull_secrets(ws)) else {}),
+        "initContainers": init,
+        "containers": [{**main, "terminationMessagePath": TERMINATION_LOG,
+                        "terminationMessagePolicy": "FallbackToLogsOnError"}],
+        "volumes": volumes,
+    }
+    heavy = next((c["name"] for c in [*init, main] if c["name"] in ("tune", "evaluate")), main["name"])  # loads the model
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": meta(ws, name, namespace, component, owner, key_label or None),
@@ -367,16 +409,7 @@ def _job(ws: spec.Workspace, name: str, namespace: str, component: str, cache_ke
             "ttlSecondsAfterFinished": JOB_TTL_S,
             "template": {
                 "metadata": {"labels": {**labels(ws, component), **key_label}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "affinity": node_affinity(ws, node_selector),
-                    "tolerations": tolerations(extra_tolerations),
-                    "imagePullSecrets": _image_pull_secrets(ws),
-                    "initContainers": init,
-                    "containers": [{**main, "terminationMessagePath": TERMINATION_LOG,
-                                    "terminationMessagePolicy": "FallbackToLogsOnError"}],
-                    "volumes": volumes,
-                },
+                "spec": restricted(pod, heavy),
             },
         },
     }
@@ -535,7 +568,7 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
     opts = ws.inference.preset.preset_options
     if opts and opts.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in opts.image_pull_secrets]
-    return pod
+    return restricted(pod, "inference")
 
 
 def inference_services(ws: spec.Workspace, namespace: str, owner: dict | None = None) -> list[dict]:
@@ -594,4 +627,18 @@ def render(workspaces: list[spec.Workspace], config_maps: dict[str, dict[str, st
         return json.dumps(objs, indent=2) + "\n"
     import yaml
 
-    return yaml.safe_dump_all(objs, sort_keys=False)
+    class Plain(yaml.SafeDumper):
+        """Every object written out in full: no ``&id001`` anchors and ``*id001`` aliases where two
+        fields share one Python object (a reader of a manifest expects plain YAML)."""
+
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    docs = []
+    for obj in objs:
+        text = yaml.dump(obj, Dumper=Plain, sort_keys=False)
+        if obj["kind"] == "Job" and obj["metadata"]["name"].endswith("-tune-pending"):
+            text = (f"# the tuning Job: at apply its name ends with the first 10 hex digits of the tuning cache key\n"
+                    f"# (dataset digest + training config + model, known once the data is pulled), not 'pending'\n{text}")
+        docs.append(text)
+    return "---\n".join(docs)

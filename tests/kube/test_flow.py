@@ -50,7 +50,7 @@ def test_seed_inference_runs_unchanged_and_objects_are_as_specified(kube_env, pr
     assert c["image"] == "ghcr.io/kaiflow/kaiflow:test"
     assert c["command"][:9] == ["python", "-m", "serving", "--model", "phi-3-mini-4k-instruct", "--host", "0.0.0.0",
                                 "--port", "5000"]
-    assert c["resources"] == {"requests": {GPU: "1"}, "limits": {GPU: "1"}}
+    assert c["resources"] == {"requests": {GPU: "1", "cpu": "1", "memory": "4Gi"}, "limits": {GPU: "1"}}
     assert {p["containerPort"] for p in c["ports"]} == {5000, 29500}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": 5000}
