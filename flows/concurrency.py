@@ -152,7 +152,11 @@ def _slots(name: str, occupy: int, default_limit: int, what: str) -> Iterator[No
         _held.reset(token)
         stop.set()
         renewer.join(10)
-        _release(lease_id)
+        try:
+            _release(lease_id)
+        except Exception as exc:  # noqa: BLE001 - never hide the run's own outcome behind this
+            log.warning("could not release the concurrency limit '%s' (%s): the next run on this machine "
+                        "releases it once this process is gone, else its lease lapses within %.0f s", name, exc, LEASE_S)
 
 
 # ---------------------------------------------------------------------- leases and their holders
@@ -230,13 +234,13 @@ def _renew(lease_id: str, stop: threading.Event) -> None:
 
 
 def _release(lease_id: str) -> None:
+    """Give the slots back. When the server cannot be reached (it was killed, say) the holder file
+    stays, so the next run on this machine releases the lease once this process is gone."""
     from prefect.client.orchestration import get_client
 
-    try:
-        with get_client(sync_client=True) as client:
-            client.release_concurrency_slots_with_lease(lease_id=lease_id)  # type: ignore[arg-type]
-    finally:
-        (_holders_dir() / f"{lease_id}.json").unlink(missing_ok=True)
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease_id=lease_id)  # type: ignore[arg-type]
+    (_holders_dir() / f"{lease_id}.json").unlink(missing_ok=True)
 
 
 def _write_holder(lease_id: str, name: str, occupy: int, what: str, run_id: str | None) -> None:

@@ -207,6 +207,7 @@ class LocalPlatform:
             _roll_adapters(server, wanted, report)
             server.adapters = wanted
         else:
+            _stop_orphans(name, keep=server.supervisor_pid)  # before loading another model beside them
             started = _start(name, model, wanted, config_text, runtime=ws.runtime)
             old = server
             server = records.Server(endpoint=started["endpoint"], port=started["port"], pid=started["pid"], model=model,
