@@ -40,6 +40,8 @@ def cmd_apply(args) -> int:
     _quiet_prefect()
     if args.quiet:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    from prefect import tags
+
     from flows.workspace_flow import workspace_flow
 
     from flows import console
@@ -50,7 +52,10 @@ def cmd_apply(args) -> int:
     failed = 0
     for ws in bundle.workspaces:
         try:
-            result = workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
+            # an in-process run belongs to the `workspace` flow, not to its deployment (Prefect links a
+            # run to a deployment only when the deployment creates it: `--via-server`); tags find it
+            with tags("kaiflow", f"workspace:{ws.name}", "in-process"):
+                result = workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
         except KaiflowError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

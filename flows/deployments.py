@@ -169,7 +169,7 @@ def schedule_slug(name: str) -> str:
 def retrain_parameters(ws: spec.Workspace, config_maps: dict[str, dict[str, str]], platform: str | None) -> dict[str, Any]:
     """The workspace and only the ConfigMaps it names (never Secrets) as the run's parameters."""
     names = {ws.tuning.config if ws.tuning else None, ws.inference.config if ws.inference else None} - {None}
-    params: dict[str, Any] = {"workspace": ws.to_dict(), "config_maps": {k: v for k, v in config_maps.items() if k in names}}
+    params: dict[str, Any] = {"workspace": ws.to_parameters(), "config_maps": {k: v for k, v in config_maps.items() if k in names}}
     if platform:
         params["platform"] = platform
     return params

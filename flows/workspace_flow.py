@@ -26,9 +26,10 @@ from tasks import provision as provision_task
 from tasks import push as push_task
 from tasks import tune as tune_task
 from tasks.common import artifact_key
+from workspace import admission
 from workspace import settings as kaiflow_settings
 from workspace import spec, status
-from workspace.errors import KaiflowError
+from workspace.errors import KaiflowError, SpecError
 
 
 def _status_table(name: str) -> None:
@@ -39,6 +40,16 @@ def _status_table(name: str) -> None:
     for a in (record.server.adapters if record.server else []):
         rows.append({"condition": f"adapter {a.name}", "status": a.digest[:19], "reason": "", "message": a.image})
     create_table_artifact(rows, key=artifact_key(name, "status"), description=f"status of workspace {name}")
+
+
+def _admit(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]], platform: str) -> None:
+    """Kaito's admission rules (``workspace.admission``), for runs that did not come through a file
+    (the Prefect UI's form, ``prefect deployment run``, a schedule): refused before anything runs."""
+    s = kaiflow_settings.load()
+    problems = admission.admit(workspace, config_maps, allow_private_urls=s.allow_private_urls, platform=platform,
+                               provisioner=platforms.provisioner_for(platform, s))
+    if problems:
+        raise SpecError("\n".join(p.line(f"workspace {workspace.name}") for p in problems), problems=problems)
 
 
 @flow(name="workspace", flow_run_name="{workspace.metadata.name}", log_prints=True, persist_result=False)
@@ -63,6 +74,7 @@ def _apply(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]] | N
     where = platforms.get(platform)
     platform = where.name
     name = workspace.name
+    _admit(workspace, config_maps, platform)
     report = where.reporter(workspace)
     sku = where.sku(workspace)
     slots = contextlib.ExitStack()  # overlapping runs of one workspace take turns (flows.concurrency)

@@ -16,21 +16,42 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import SkipJsonSchema
 
 API_VERSIONS = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_ADAPTERS = 10
+SERVER_SET = ("uid", "resourceVersion", "generation", "creationTimestamp")
 RUNTIMES = ("vllm", "transformers")  # the values of the kaito.sh/runtime annotation; vllm is the default
+
+
+_SPELLED = {"api": "API", "urls": "URLs", "gpu": "GPU", "id": "ID"}
+
+
+def _title(name: str, info: Any) -> str:
+    """Labels in the Prefect UI's run form: "Instance type", "API version" (not "Instancetype")."""
+    first, *rest = name.split("_")
+    return " ".join([_SPELLED.get(first, first.capitalize()), *(_SPELLED.get(w, w) for w in rest)])
 
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True,
+        field_title_generator=_title,
     )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+
+    def to_parameters(self) -> dict[str, Any]:
+        """:meth:`to_dict` without what the API server sets (uid, resourceVersion, ..., status): a flow
+        run's parameters, which the server checks against the schema that leaves those out."""
+        out = self.to_dict()
+        out.pop("status", None)
+        for key in SERVER_SET:
+            (out.get("metadata") or {}).pop(key, None)
+        return out
 
 
 class ObjectMeta(Model):
@@ -38,10 +59,12 @@ class ObjectMeta(Model):
     namespace: str | None = Field(None, description="Kubernetes namespace (kubernetes/aks platforms); default from the context.")
     labels: dict[str, str] | None = Field(None, description="Labels copied onto every object the workspace creates.")
     annotations: dict[str, str] | None = Field(None, description="Annotations, e.g. kaito.sh/performance-mode: throughput.")
-    uid: str | None = Field(None, description="Set by the API server; ignored on apply.")
-    resource_version: str | None = Field(None, description="Set by the API server; ignored on apply.")
-    generation: int | None = Field(None, description="Set by the API server; ignored on apply.")
-    creation_timestamp: str | None = Field(None, description="Set by the API server; ignored on apply.")
+    # set by the API server and ignored on apply: accepted from `kubectl get -o yaml`, but kept out of
+    # the JSON schema, so the Prefect UI's run form does not offer them as inputs
+    uid: SkipJsonSchema[str | None] = Field(None, description="Set by the API server; ignored on apply.")
+    resource_version: SkipJsonSchema[str | None] = Field(None, description="Set by the API server; ignored on apply.")
+    generation: SkipJsonSchema[int | None] = Field(None, description="Set by the API server; ignored on apply.")
+    creation_timestamp: SkipJsonSchema[str | None] = Field(None, description="Set by the API server; ignored on apply.")
 
     @field_validator("name")
     @classmethod
@@ -234,7 +257,7 @@ class Workspace(Model):
     resource: ResourceSpec | None = Field(None, description="The GPU nodes the workspace needs.")
     inference: InferenceSpec | None = Field(None, description="The inference service (a preset model, optional adapters).")
     tuning: TuningSpec | None = Field(None, description="The tuning job (a preset, a method, input data, an output image).")
-    status: WorkspaceStatus | None = Field(None, description="Reported by kaiflow; ignored on apply.")
+    status: SkipJsonSchema[WorkspaceStatus | None] = Field(None, description="Reported by kaiflow; ignored on apply.")
 
     @model_validator(mode="after")
     def _check(self) -> "Workspace":

@@ -50,3 +50,18 @@ def test_a_failed_step_is_said_once_and_the_platforms_lines_once(prefect_api, tm
 
     debug = subprocess.run([KAIFLOW, "apply", "-f", str(f), "--debug"], env=env, capture_output=True, text=True, timeout=240)
     assert debug.returncode != 0 and "Encountered exception during execution" in debug.stderr  # --debug keeps all
+
+
+@pytest.mark.timeout(300)
+def test_an_in_process_run_is_tagged_with_its_workspace(prefect_api, tmp_path):
+    """Issue 24 item 11: in-process runs cannot sit under the `workspace` deployment (Prefect links a
+    run to a deployment only when the deployment created it); they carry tags the UI filters on."""
+    import httpx
+
+    f = tmp_path / "ws.yaml"
+    f.write_text(WORKSPACE.replace("name: noisy", "name: tagged"))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "KAIFLOW_HOME": str(tmp_path / "home"),
+           "KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_DATASET_ATTEMPTS": "1", "KAIFLOW_RETRY_BACKOFF_S": "0"}
+    subprocess.run([KAIFLOW, "apply", "-f", str(f)], env=env, capture_output=True, text=True, timeout=240)
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["tagged"]}}}, timeout=10).json()
+    assert runs and set(runs[0]["tags"]) >= {"kaiflow", "workspace:tagged", "in-process"}
