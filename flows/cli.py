@@ -187,8 +187,8 @@ def cmd_presets(args) -> int:
 
     rows = []
     for m in presets.models():
-        min_gpu = sizing.gib(m.weights_gb) + sizing.GPU_OVERHEAD_GIB
-        rows.append([m.name, m.hf_id, f"{m.weights_gb:g} GB", f"{min_gpu:.0f} GiB", "yes" if m.tuning_supported else "no",
+        min_gpu = m.weights_gib * sizing.WEIGHT_EXPANSION + sizing.GPU_OVERHEAD_GIB
+        rows.append([m.name, m.hf_id, f"{m.weights_gb:.3g} GB", f"{min_gpu:.0f} GiB", "yes" if m.tuning_supported else "no",
                      "yes" if m.gated else "no"])
     if args.output == "json":
         print(json.dumps([vars(m) for m in presets.models()], indent=2, default=str))

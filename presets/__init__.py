@@ -70,8 +70,8 @@ class ModelPreset:
 
     @property
     def weights_gb(self) -> float:
-        """The weights in GB (10**9 bytes), as model cards give sizes (three significant digits)."""
-        return float(f"{self.weights_gib * 2**30 / 1e9:.3g}")
+        """The weights in GB (10**9 bytes), as model cards give sizes."""
+        return self.weights_gib * 2**30 / 1e9
 
     @property
     def quantization(self) -> str | None:
