@@ -6,6 +6,9 @@ run times as reported by the Prefect API — the overhead ratio — and (2) the 
 unchanged re-apply (a no-op: no tuning, same image, the running server kept).
 
     .venv/bin/python bench/orchestration.py
+
+``--smoke`` (the test suite's quick run: it must still print the ratio): two tuning steps instead of
+the example's, and the Prefect server PREFECT_API_URL names when it is set.
 """
 
 from __future__ import annotations
@@ -22,16 +25,33 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+SMOKE_CONFIG = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: bench-smoke-config}
+data:
+  training_config.yaml: |
+    training_config:
+      TrainingArguments: {max_steps: 2, logging_steps: 1, save_steps: 2}
+---
+"""
+
+
 def main() -> None:
+    smoke = "--smoke" in sys.argv[1:]
     home = Path(tempfile.mkdtemp(prefix="kaiflow-bench-"))
     os.environ.update(KAIFLOW_HOME=str(home), KAIFLOW_ALLOW_PRIVATE_URLS="true", KAIFLOW_ENGINE="transformers")
-    os.environ.pop("PREFECT_API_URL", None)
+    if not smoke:
+        os.environ.pop("PREFECT_API_URL", None)
     from flows import cli, demo, prefect_server
     from infra import records
 
     demo.serve_data()
     prefect_server.ensure()
     ws = str(REPO / "examples" / "local" / "tune-and-serve.yaml")
+    if smoke:
+        example = Path(ws).read_text().replace("  method: qlora\n", "  method: qlora\n  config: bench-smoke-config\n")
+        ws = str(home / "smoke.yaml")
+        Path(ws).write_text(SMOKE_CONFIG + example)
     try:
         t0 = time.perf_counter()
         assert cli.main(["apply", "--quiet", "-f", ws]) == 0

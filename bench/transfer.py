@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +53,9 @@ from typing import Any
 import httpx
 
 from infra import registry
+
+# the registry it starts is the tests' (tests.support.registry), which the installed package does not hold
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _adapter(root: Path, mb: int) -> Path:

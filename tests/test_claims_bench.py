@@ -1,0 +1,53 @@
+"""Quick runs of each bench/ script behind the README's ratios, at tiny sizes: each must still run to
+the end and print its ratio line (the numbers themselves mean nothing at these sizes).
+bench/gpu_check.py has its own test (tests/test_gpu_check_script.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RATIO = r"\d+\.\d+"
+
+
+def bench(script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 900) -> str:
+    proc = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_tuning_prints_its_ratio():
+    out = bench("tuning.py", "--rows", "8", "--rounds", "1", "--dataset", "mixed", "--method", "lora")
+    assert re.search(rf"mixed: program \d+ tok/s, trl baseline \d+ tok/s, ratio {RATIO}", out), out
+    assert re.search(rf"^RESULT mixed_ratio={RATIO}$", out, re.M), out
+
+
+def test_bench_transfer_prints_its_ratios(tmp_path: Path):
+    out = bench("transfer.py", "--mb", "1", "--runs", "1", "--work", str(tmp_path))
+    for line in ("push: kaiflow", "pull: kaiflow"):
+        assert re.search(rf"^{line} \d+ MB/s .* ratio {RATIO} ", out, re.M), out
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_bench_orchestration_prints_its_overhead_ratio(prefect_api, tmp_path: Path):
+    out = bench("orchestration.py", "--smoke", env={"PREFECT_API_URL": prefect_api})
+    result = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert result["overhead_ratio"] > 0 and result["unchanged_reapply_s"] > 0, out
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_serving_prints_its_ratio():
+    out = bench("serving.py", "--rounds", "1", "--max-tokens", "4", "--requests-per-client", "1", "--concurrency", "1",
+                env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}, timeout=1500)
+    assert re.search(rf"^\s+1 \| +\d+\.\d \| +\d+\.\d \| +{RATIO} \|", out, re.M), out
