@@ -44,11 +44,14 @@ REQUESTS = 1000  # per engine, at least
 HANG_S = 60.0  # one tiny generation takes well under a second; a minute is a hang, not a slow machine
 CONTEXT = 1024  # tiny-phi-3's context (presets/tiny.py)
 ALLOWED_5XX = {503}  # documented: the model is loading (429, the other documented refusal, is a 4xx)
-# RSS may grow a little after the warm-up without any leak: the allocator keeps freed arenas, the
-# tokenizer and torch keep caches sized by the longest input seen, uvicorn keeps per-connection
-# buffers. 1,000 requests leaking even 100 KiB each would show as ~100 MiB; a per-request leak of
-# tensors or of a whole request's text is caught, allocator noise of a few tens of MiB is not flagged.
-MEMORY_MARGIN_MIB = 64
+# RSS (server plus engine processes) may grow a little after the warm-up without any leak: glibc and
+# torch's CPU allocator keep freed blocks, caches are sized by the longest prompt seen. Measured over
+# 1,145 requests: transformers 448 -> 454-456 MiB; vLLM 2706 -> 2778 MiB, all of it in the engine
+# core process (1.6 GiB: weights, 1 GiB KV cache, kernels per batch shape; it grew while prompts of
+# new lengths came), the HTTP process +1 MiB. The margins are about twice that: a leak of 100 KiB
+# per request (a request's tensors, or its text kept) adds ~110 MiB and is caught on transformers;
+# on vLLM, where the engine core's own growth is larger, 2x its measured growth is allowed.
+MEMORY_MARGIN_MIB = {"transformers": 64, "vllm": 160}
 
 WARM_UP = 30  # valid cases per operation that takes input, before the baseline
 # how many examples each operation gets, per generation mode; the GET operations take no input
@@ -112,7 +115,7 @@ def _tiny(value: Any, limit: int = 8) -> Any:
 
 
 MODELS = (BASE, "alpha", "beta")  # what the fuzz servers serve
-VOCAB = 1024
+VOCAB = 600  # token ids below the tokenizer's size (615 for tiny-phi-3's trained tokenizer)
 
 
 def steer(label: str, body: Any, adapter: Path) -> Any:
@@ -128,6 +131,8 @@ def steer(label: str, body: Any, adapter: Path) -> Any:
     model = body.get("model")
     if isinstance(model, str) and model not in MODELS and len(model) % 4 != 3:  # a quarter stay unknown: 404
         body["model"] = MODELS[len(model) % 3]
+    if label == "POST /chat" and body.get("prompt") is None and not body.get("messages") and len(body) % 2:
+        body["prompt"] = "Hello"  # one of the two is required, which the schema cannot say field by field
     prompt = body.get("prompt")
     if label == "POST /v1/completions" and isinstance(prompt, list) and len(prompt) % 2 == 0 \
             and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
@@ -228,6 +233,10 @@ class Fuzzer:
         return [f"{method.upper()} {path}" for path, methods in self.raw["paths"].items() for method in methods]
 
 
+def server_engine(server: RunningServer) -> str:
+    return httpx.get(f"{server.url}/health", timeout=10).json()["engine"]
+
+
 def _message(response: requests.Response) -> str:
     try:
         body = response.json()
@@ -276,7 +285,8 @@ def fuzz_server(server: RunningServer, adapter: Path) -> Fuzzer:
     assert not fuzzer.failures, f"{len(fuzzer.failures)} failures:\n" + "\n".join(fuzzer.failures[:30])
     assert health.status_code == 200, health.text
     assert "kaiflow_requests_in_flight 0.0" in metrics, "a request never left the server"
-    assert after - before < MEMORY_MARGIN_MIB, f"RSS grew from {before:.0f} to {after:.0f} MiB over {fuzzer.sent} requests"
+    margin = MEMORY_MARGIN_MIB[server_engine(server)]
+    assert after - before < margin, f"RSS grew from {before:.0f} to {after:.0f} MiB over {fuzzer.sent} requests (margin {margin})"
     return fuzzer
 
 

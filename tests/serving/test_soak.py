@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import RunningServer, running_server
+from tests.serving.test_fuzz import rss_mib
 
 BASE = "tiny-phi-3"
 ROLLED = "soak"  # the adapter name the roller replaces
@@ -170,6 +171,7 @@ def percentile(values: list[float], q: float) -> float:
 def soak(server: RunningServer, adapter_dirs: dict[str, Path], bad: Path, *, duration_s: float, roll_every_s: float,
          exact: bool) -> Outcome:
     expected = references(server.url) if exact else set()
+    rss_before = rss_mib(server.proc.pid)
     outcome = Outcome()
     stop = threading.Event()
     deadline = time.monotonic() + duration_s
@@ -188,7 +190,8 @@ def soak(server: RunningServer, adapter_dirs: dict[str, Path], bad: Path, *, dur
 
     every = [s for values in outcome.latencies.values() for s in values]
     print(f"\nsoak on {server.url}: {len(every)} requests in {elapsed:.0f} s by {CLIENTS} clients "
-          f"({len(every) / elapsed:.1f}/s), {len(outcome.failures)} failures; rolls {dict(outcome.rolls)}")
+          f"({len(every) / elapsed:.1f}/s), {len(outcome.failures)} failures; rolls {dict(outcome.rolls)}; "
+          f"RSS {rss_before:.0f} -> {rss_mib(server.proc.pid):.0f} MiB")
     for kind, values in sorted({"all": every, **outcome.latencies}.items()):
         if values:
             print(f"  {kind:7} n={len(values):5}  p50 {statistics.median(values) * 1000:7.0f} ms  "
