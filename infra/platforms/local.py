@@ -126,6 +126,11 @@ class LocalPlatform:
             if secret and not creds:
                 exc.message += f" (imagePushSecret '{secret}' was not found under KAIFLOW_HOME/secrets/{secret}/)"
             raise
+        except OSError as exc:  # the OCI layout's disk (full, read-only): say where, not a traceback
+            where = exc.filename or registry.qualify(out.image)
+            raise RegistryError(f"pushing the adapter image {out.image}: {exc.strerror or exc} ({where}); "
+                                "free space there (or point KAIFLOW_OCI_LAYOUT_ROOT elsewhere) and apply again; "
+                                "images pushed before are intact") from None
         log.info("adapter image %s", pinned)
         report.event("AdapterPushed", pinned)
         return Image.pinned(pinned)
