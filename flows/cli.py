@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("name")
     ch.add_argument("prompt")
     ch.add_argument("--max-tokens", type=int, default=64)
+    pa = sub.add_parser("params", help="a workspace file as the `workspace` deployment's run parameters (JSON), "
+                        "for `prefect deployment run workspace/workspace --params`")
+    pa.add_argument("-f", "--filename", action="append", required=True)
+    pa.add_argument("--platform", choices=platforms.NAMES, help="add the platform parameter")
     sub.add_parser("demo", help="the demo: serve a dataset, tune tiny-phi-3 on it, serve it, ask it")
     dp = sub.add_parser("deploy", help="register the workspace, retrain and teardown deployments and their work pool")
     dp.add_argument("--pool-type", choices=["process", "kubernetes"], default="process",
@@ -210,6 +214,21 @@ def cmd_skus(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    """Print ``{"workspace": ..., "config_maps": ...}`` for one workspace (what ``apply --via-server`` sends)."""
+    from flows import deployments
+    from workspace import loader
+
+    bundle = loader.load_files(args.filename)
+    if len(bundle.workspaces) != 1:
+        from workspace.errors import SpecError
+
+        raise SpecError(f"params: the files hold {len(bundle.workspaces)} workspaces; a run takes one: pass one file "
+                        "with one Workspace")
+    print(json.dumps(deployments.retrain_parameters(bundle.workspaces[0], bundle.config_maps, args.platform)))
+    return 0
+
+
 def _lazy(module: str, name: str):
     def run(args):
         import importlib
@@ -224,6 +243,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "presets": cmd_presets,
     "skus": cmd_skus,
+    "params": cmd_params,
     "apply": _lazy("flows.commands", "cmd_apply"),
     "get": _lazy("flows.commands", "cmd_get"),
     "describe": _lazy("flows.commands", "cmd_describe"),

@@ -33,8 +33,16 @@ def test_server_registers_three_deployments_with_the_workspace_form(stack):
     assert any(w["name"] == "kaiflow-kaiflow-process" for w in workers)
 
 
-def test_prefect_cli_deployment_run_completes_a_workspace_then_teardown(stack):
-    params = json.dumps({"workspace": tiny_workspace("tiny-cli")})
+def test_prefect_cli_deployment_run_completes_a_workspace_then_teardown(stack, tmp_path):
+    import yaml
+
+    f = tmp_path / "ws.yaml"
+    f.write_text(yaml.safe_dump(tiny_workspace("tiny-cli")))
+    # as the README shows: the YAML turned into the run's parameters by `kaiflow params`
+    made = subprocess.run([KAIFLOW, "params", "-f", str(f)], env=stack["env"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    params = made.stdout.strip()
+    assert json.loads(params) == {"workspace": tiny_workspace("tiny-cli"), "config_maps": {}}
     out = subprocess.run([PREFECT, "deployment", "run", "workspace/workspace", "--params", params],
                          env=stack["env"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
