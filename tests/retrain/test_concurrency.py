@@ -65,7 +65,7 @@ def test_gpu_limit_of_two_admits_two(prefect_api):
     """Both threads are inside their slots at once: each waits inside for the other (a barrier),
     which a limit that admitted one at a time would never let happen (the barrier breaks)."""
     concurrency.ensure_limits({"test-two": 2})
-    both_inside = threading.Barrier(2, timeout=120)  # the timeout only catches a limit that admits one
+    both_inside = threading.Barrier(2, timeout=60)  # the timeout only catches a limit that admits one
     inside_states: list = []
 
     def enter():
