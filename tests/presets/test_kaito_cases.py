@@ -51,6 +51,11 @@ def gpu_config(gpus: int, total_gib: float, model: str = "A100") -> presets.Sku:
     return presets.Sku("test", "azure", gpus, model, total_gib / gpus, "8.0", 1, 1)
 
 
+def kaito(case: str):
+    """Names the Kaito test or doc section a single case ports, in its pytest id."""
+    return pytest.mark.parametrize("kaito_case", [case], ids=[case])
+
+
 def layout(p: sizing.InferencePlan) -> tuple[int, int, int]:
     return p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size
 
@@ -83,7 +88,8 @@ def test_estimator_node_count(model, instance, count, nodes):
         assert any(n.startswith(f"resource.count {count} ") for n in p.notes)
 
 
-def test_estimator_invalid_instance_type():
+@kaito("estimator_test.go:EstimateNodeCount/Should return error for invalid instance type when NAP enabled")
+def test_estimator_invalid_instance_type(kaito_case):
     """estimator_test.go:EstimateNodeCount/Should return error for invalid instance type when NAP enabled"""
     with pytest.raises(presets.UnknownSku, match="unknown instance type 'Invalid_Instance_Type'"):
         presets.get_sku("Invalid_Instance_Type")
@@ -128,7 +134,8 @@ def test_estimator_mig_slice_arithmetic(slice_gib, fits_one):
     assert (p.min_gpus == 1) is fits_one
 
 
-def test_estimator_mig_context_size():
+@kaito("estimator_test.go:MIG_ContextSize")
+def test_estimator_mig_context_size(kaito_case):
     """estimator_test.go:MIG_ContextSize: BytesPerToken 0, so 131072 tokens reserve nothing more (1g.24gb)"""
     p = sizing.plan_inference(TEST_MODEL, gpu_config(1, 24), context=131072)
     assert p.fits and p.min_gpus == 1 and p.nodes == 1 and p.max_model_len == 131072
@@ -161,7 +168,8 @@ def test_generate_preset_inference(model, instance, count, nodes, expected):
     assert {k: v for k, v in args.items() if k != "dtype"} == expected
 
 
-def test_generate_preset_inference_with_user_config_puts_the_users_file_last():
+@kaito("preset_inferences_test.go:GeneratePresetInference/test-model/vllm-with-user-config")
+def test_generate_preset_inference_with_user_config_puts_the_users_file_last(kaito_case):
     """preset_inferences_test.go:GeneratePresetInference/test-model/vllm-with-user-config: Kaito appends
     --kaito-config-file after its own flags; kaiflow passes the plan's file first and the user's last."""
     ws = _workspace("apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata:\n  name: w\nresource:\n"
@@ -219,14 +227,16 @@ def test_layout_across_nodes(weights_gib, nodes, expected):
     assert sizing.layout(model, gpu_config(4, 320), nodes) == expected
 
 
-def test_multi_node_pp_and_tp_from_the_estimator():
+@kaito("interface_test.go:GetInferenceCommandVLLMMultiNodePPAndTP/sized by the estimator")
+def test_multi_node_pp_and_tp_from_the_estimator(kaito_case):
     """interface_test.go:GetInferenceCommandVLLMMultiNodePPAndTP, sized end to end: 256Gi on 4 x A100 80
     -> floor(261.12 / 61.76) + 1 = 5 GPUs -> 2 nodes, tensor-parallel 4 x pipeline-parallel 2."""
     p = sizing.plan_inference(kaito_test_model("m", 256), sku("Standard_NC96ads_A100_v4"))
     assert p.nodes == 2 and layout(p) == (4, 2, 1)
 
 
-def test_single_node_two_gpus_tensor_parallel():
+@kaito("interface_test.go:GetInferenceCommandVLLMSingleNode")
+def test_single_node_two_gpus_tensor_parallel(kaito_case):
     """interface_test.go:GetInferenceCommandVLLMSingleNode: 2 GPUs, one node -> tensor-parallel-size=2"""
     p = sizing.plan_inference(presets.get_model("qwen2.5-coder-7b-instruct"), sku("Standard_NV72ads_A10_v5"))
     assert p.nodes == 1 and layout(p) == (2, 1, 1)
@@ -241,7 +251,8 @@ def test_gpu_memory_utilization(instance, utilization):
     assert p.gpu_memory_utilization == utilization and p.vllm_args()["gpu-memory-utilization"] == utilization
 
 
-def test_gpu_memory_utilization_of_a_host_gpu_named_by_nvidia_smi():
+@kaito("interface_test.go:GetInferenceCommandVLLMGpuMemoryUtilization/NVIDIA A10 as nvidia-smi names it")
+def test_gpu_memory_utilization_of_a_host_gpu_named_by_nvidia_smi(kaito_case):
     """interface.go keys the A10 override by "NVIDIA A10", the name nvidia-smi gives a local GPU."""
     assert sizing.gpu_memory_utilization(gpu_config(1, 24, "NVIDIA A10")) == 0.82
     assert sizing.gpu_memory_utilization(gpu_config(1, 24, "NVIDIA A10G")) == 0.84
@@ -267,7 +278,8 @@ def test_e2e_node_counts(model, instance, count, nodes):
     assert p.fits and p.nodes == nodes
 
 
-def test_e2e_gpt_oss_120b_does_not_go_on_one_a100():
+@kaito("preset_vllm_test.go:should create a gpt-oss-120b workspace (Skip'd for OOM)")
+def test_e2e_gpt_oss_120b_does_not_go_on_one_a100(kaito_case):
     """preset_vllm_test.go:should create a gpt-oss-120b workspace (Skip'd: "OOM issues ... better support
     for quantized models"): one NC24ads_A100_v4 ran out of memory. Kaito v0.12's estimator now says 3
     nodes, from a catalog size (121.54 GiB) that counts the repo's MXFP4 weights twice; kaiflow sizes
@@ -280,7 +292,8 @@ def test_e2e_gpt_oss_120b_does_not_go_on_one_a100():
 
 
 # ----------------------------------------------------------------------------- memory-estimator.md
-def test_memory_estimator_phi4_mini_on_a100():
+@kaito("memory-estimator.md:Worked Example/Phi-4-mini-instruct on A100")
+def test_memory_estimator_phi4_mini_on_a100(kaito_case):
     """memory-estimator.md:Worked Example/Phi-4-mini-instruct on Standard_NC24ads_A100_v4: modelSize 7.29,
     availablePerGPU 67.2, fixedReserve 2.55, memForWeightsPerGPU 61.57 -> 1 node; context 131,072 (clamped)."""
     p = sizing.plan_inference(presets.get_model("phi-4-mini-instruct"), sku("Standard_NC24ads_A100_v4"))
@@ -289,7 +302,8 @@ def test_memory_estimator_phi4_mini_on_a100():
     assert p.nodes == 1 and p.context_low == 131072
 
 
-def test_memory_estimator_phi4_mini_on_a10():
+@kaito("memory-estimator.md:Worked Example/What If We Used a Smaller GPU (A10)")
+def test_memory_estimator_phi4_mini_on_a10(kaito_case):
     """memory-estimator.md:What If We Used a Smaller GPU?: at 0.84, 20.16 - 7.29 - 2.66 = 10.21 GiB ->
     ~83,640 tokens. Kaito launches vLLM at 0.82 on A10, so kaiflow's low end uses 0.82 (deliberate
     difference): 19.68 - 7.29 - 2.66 = 9.72 GiB -> 79,645."""
