@@ -249,6 +249,30 @@ async def _collect(first: base.Delta, rest: AsyncIterator[base.Delta]) -> tuple[
     return "".join(parts), tokens, reason or "stop"
 
 
+async def _collect_while_connected(request: Request, first: base.Delta,
+                                   rest: AsyncIterator[base.Delta]) -> tuple[str, int, str]:
+    """`_collect` for a non-streamed answer, stopped (and the engine's work with it) if the client goes away.
+
+    A client that gave up (a timeout) would otherwise keep the engine generating for nobody; a
+    stream is stopped by its failed write, a plain answer has nothing to write until the end.
+    """
+    task = asyncio.ensure_future(_collect(first, rest))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise errors.ClientGone("the client closed the connection; the generation was stopped")
+    finally:
+        if not task.done():
+            task.cancel()  # the cancellation reaches the engine's stream, which cancels the request
+            await asyncio.gather(task, return_exceptions=True)
+
+
+DISCONNECT_POLL_S = 0.25
+
+
 async def _start(gen: AsyncIterator[base.Delta]) -> base.Delta:
     """The first delta; refusals (429, 400 from the engine) surface here, before any byte is sent."""
     try:
@@ -327,7 +351,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                 "message": f"Success: LoRA adapter '{req.lora_name}' removed successfully."}
 
     @app.post("/chat", responses=_errors(400, 404, 413, 429, 503, kaito=True))
-    async def kaito_chat(req: protocol.KaitoChatRequest) -> dict[str, str]:
+    async def kaito_chat(req: protocol.KaitoChatRequest, request: Request) -> dict[str, str]:
         server.require_ready()
         if req.prompt is None and not req.messages:
             raise errors.BadRequest("give 'prompt' (text generation) or 'messages' (a chat), e.g. {\"prompt\": \"Hello\"}",
@@ -355,12 +379,12 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
                 f"{len(ids)}, at most {limit})", param="max_length")
         max_new = server.check_length(len(ids), max_new, field="generate_kwargs.max_length")
         gen = server.generate("/chat", ids, kaito_sampling(gk, len(ids), max_new), adapter, deltas=False)
-        text, _, _ = await _collect(await _start(gen), gen)
+        text, _, _ = await _collect_while_connected(request, await _start(gen), gen)
         full = req.return_full_text and not templated
         return {"Result": (prompt_text + text) if full else text}
 
     @app.post("/v1/chat/completions", responses=_errors(400, 404, 413, 429, 503))
-    async def chat_completions(req: protocol.ChatCompletionRequest) -> Any:
+    async def chat_completions(req: protocol.ChatCompletionRequest, request: Request) -> Any:
         server.require_ready()
         adapter = server.pick_adapter(req.model)
         ids = server.chat_ids(req.messages)
@@ -371,13 +395,13 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream_response(_chat_events(head, first, gen, len(ids), usage))
-        text, tokens, reason = await _collect(first, gen)
+        text, tokens, reason = await _collect_while_connected(request, first, gen)
         return {**head, "object": "chat.completion", "usage": _usage(len(ids), tokens),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                              "logprobs": None}]}
 
     @app.post("/v1/completions", responses=_errors(400, 404, 413, 429, 503))
-    async def completions(req: protocol.CompletionRequest) -> Any:
+    async def completions(req: protocol.CompletionRequest, request: Request) -> Any:
         server.require_ready()
         if req.suffix:
             raise errors.BadRequest("suffix is not supported by this server", param="suffix")
@@ -391,7 +415,7 @@ def create_app(cfg: config.ServerConfig, engine: base.Engine) -> FastAPI:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream_response(_completion_events(head, echo, first, gen, len(ids), usage))
-        text, tokens, reason = await _collect(first, gen)
+        text, tokens, reason = await _collect_while_connected(request, first, gen)
         return {**head, "object": "text_completion", "usage": _usage(len(ids), tokens),
                 "choices": [{"index": 0, "text": echo + text, "finish_reason": reason, "logprobs": None}]}
 

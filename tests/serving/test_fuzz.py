@@ -23,6 +23,7 @@ caused it.
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
 from collections import Counter
@@ -392,3 +393,25 @@ def test_openapi_schema_documents_what_the_server_answers(server: RunningServer)
     seed = next(s for s in components["CompletionRequest"]["properties"]["seed"]["anyOf"] if s.get("type") == "integer")
     assert seed["maximum"] == 2**63 - 1
     assert components["LoadAdapterRequest"]["properties"]["lora_name"]["pattern"].startswith("^[A-Za-z0-9]")
+
+
+def test_abandoned_plain_request_stops_generating(transformers_server: RunningServer) -> None:
+    """Seen while fuzzing: a client that timed out on a non-streamed request left the engine generating
+    (hundreds of tokens, for nobody) and every request after it queued behind. Now the server notices the
+    disconnect and cancels the generation (counted as status 499)."""
+    url = transformers_server.url
+
+    def gone() -> float:
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        match = re.search(r'kaiflow_requests_total\{endpoint="/v1/completions",status="499"\} (\S+)', metrics)
+        return float(match.group(1)) if match else 0.0
+
+    before = gone()
+    body = {"model": BASE, "prompt": "Hello", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # 1,000 tokens take seconds; the client leaves after half of one
+        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + HANG_S
+    while gone() == before or "kaiflow_requests_in_flight 0.0" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, "the abandoned request was not stopped"
+        time.sleep(0.1)
+    assert _text(transformers_server)
