@@ -138,7 +138,7 @@ def events(name: str, reason: str) -> int:
 
 def supervisors_of(name: str) -> list[int]:
     """PIDs of the supervisors running for ``name`` in this session's KAIFLOW_HOME."""
-    wdir = str(records.workspace_dir(name))
+    wdir = str(records.workspace_dir(name)) + "/"  # not another workspace whose name starts with this one
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         line = " ".join(p.info["cmdline"] or [])

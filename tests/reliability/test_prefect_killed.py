@@ -1,0 +1,66 @@
+"""The background Prefect server killed in the middle of an apply: the next apply starts it again,
+frees what the broken run held, and succeeds.
+
+The real ``kaiflow`` command line with no ``PREFECT_API_URL``, so it starts (and restarts) its own
+``prefect server start`` under a KAIFLOW_HOME of this test; the server is SIGKILLed while the
+apply deploys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.reliability.conftest import ENV, KAIFLOW, SERVE_ONLY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout  # a hang guard, not a timing assertion
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def test_the_next_apply_restarts_a_killed_prefect_server_and_succeeds(tmp_path, tiny_model):
+    home = tmp_path / "home"
+    env = {**os.environ, **ENV, "KAIFLOW_HOME": str(home), "KAIFLOW_GPU_WAIT_S": "240"}
+    env.pop("PREFECT_API_URL", None)
+    name = "rel-prefect-killed"
+    ws = tmp_path / "ws.yaml"
+    ws.write_text(SERVE_ONLY.format(name=name))
+    state = home / "prefect" / "server.json"
+    wdir = home / "workspaces" / name
+    try:
+        with open(tmp_path / "first.log", "w") as out:
+            first = subprocess.Popen([KAIFLOW, "apply", "-f", str(ws)], env=env, stdout=out, stderr=subprocess.STDOUT)
+            wait_for(lambda: any(wdir.glob("server-*.json")) or first.poll() is not None, 300, "the deploy starting")
+            prefect_pid = json.loads(state.read_text())["pid"]
+            os.killpg(prefect_pid, signal.SIGKILL)  # the server and its process group (it was started in its own)
+            first.wait(600)
+        assert first.returncode != 0  # the run could not report to a dead server
+
+        second = subprocess.run([KAIFLOW, "apply", "-f", str(ws)], env=env, capture_output=True, text=True, timeout=600)
+        out = second.stdout + second.stderr
+        assert second.returncode == 0, out
+        assert json.loads(state.read_text())["pid"] != prefect_pid  # a new Prefect server
+        assert "waits for the concurrency limit" not in out  # nothing of the broken run was waited for
+        got = subprocess.run([KAIFLOW, "get", "workspaces"], env=env, capture_output=True, text=True, timeout=60).stdout
+        assert next(line.split() for line in got.splitlines() if line.startswith(name))[2:5] == ["True"] * 3
+        supervisor_pid = json.loads((wdir / "record.json").read_text())["server"]["supervisor_pid"]
+    finally:
+        subprocess.run([KAIFLOW, "delete", "workspace", name], env=env, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-c", "from flows import prefect_server; prefect_server.stop()"], env=env,
+                       timeout=60)
+    assert not psutil.pid_exists(supervisor_pid) or psutil.Process(supervisor_pid).status() == psutil.STATUS_ZOMBIE
