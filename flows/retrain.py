@@ -56,6 +56,7 @@ from flows import concurrency
 from flows import workspace_flow as workspace_flow_module
 from infra import platforms, records
 from infra.platforms.base import Dataset, Platform, Tuned
+from tasks import charts
 from tasks import dataset as dataset_task
 from tasks import deploy as deploy_task
 from tasks import evaluate as evaluate_task
@@ -136,6 +137,12 @@ def decision_markdown(name: str, d: Decision, holdout: str | None) -> str:
     if s:
         serv, cand = s["adapters"][SERVING], s["adapters"][CANDIDATE]
         em = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        svg = charts.scores_chart(f"held-out scores, {name}", [
+            ("held-out loss (nats per answer token)", serv["loss"], cand["loss"]),
+            *([("exact-match (fraction of answers)", serv["exact_match"], cand["exact_match"])]
+              if s.get("exact_match_applicable") else [])])
+        if svg:
+            lines += ["", charts.markdown_image(svg, f"held-out scores of the serving and candidate adapters of {name}")]
         lines += ["", f"Held-out rows: {s['rows']} ({s['shape']})", "",
                   "| metric | serving | candidate |", "|---|---|---|",
                   f"| loss (per answer token) | {serv['loss']:.4f} | {cand['loss']:.4f} |",

@@ -4,19 +4,22 @@ The cache key is built here, from content, never from the run id: the dataset fi
 resolved training config (preset defaults and hardware choices included) and the base model with
 its revision. The platform runs the tuning program (a local process, or a Job on the GPU nodes)
 and reuses the adapter of an identical key, so re-applying an unchanged workspace trains nothing.
-The loss curve becomes an artifact when the platform saw the run's metrics.
+The loss curve becomes an artifact when the platform saw the run's metrics: a chart (``tasks.charts``)
+of training loss, eval loss and learning rate per step, with the same numbers as a table below it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 import presets
 from infra.platforms.base import Dataset, Tuned
+from tasks import charts
 from tasks.common import on_platform, artifact_key, task_options
 from workspace import configmaps, spec
 from workspace.errors import SpecError
@@ -46,20 +49,55 @@ def key_for(workspace: spec.Workspace, dataset_digest: str, config_maps: dict[st
 
 
 def _loss_markdown(name: str, metrics: dict) -> str:
-    losses = metrics.get("loss") or []
-    bars = "▁▂▃▄▅▆▇█"
-    values = [loss for _, loss in losses]
-    spark = ""
-    if values:
-        lo, hi = min(values), max(values)
-        spark = "".join(bars[int((v - lo) / (hi - lo + 1e-9) * (len(bars) - 1))] for v in values)
-    rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in losses)
-    return (
-        f"# Loss curve: {name}\n\n`{spark}`\n\n"
-        f"steps {metrics.get('steps')}, tokens {metrics.get('train_tokens')}, "
-        f"{metrics.get('tokens_per_second', 0):.0f} tokens/s, {metrics.get('wall_seconds', 0):.1f} s, "
-        f"eval loss {metrics.get('eval_loss')}\n\n| step | loss |\n|---|---|\n{rows}\n"
-    )
+    """The loss-curve artifact: a chart (training loss, eval loss, learning rate per step), one summary
+    line, and the table of the same numbers below it. Values the run did not produce are left out."""
+    losses = dict(charts.finite_points(metrics.get("loss")))
+    evals = dict(charts.finite_points(metrics.get("eval_loss_history")))
+    rates = dict(charts.finite_points(metrics.get("learning_rate")))
+    parts = [f"# Loss curve: {name}", ""]
+    svg = charts.loss_chart(f"tuning run of {name}", metrics.get("loss"), metrics.get("eval_loss_history"),
+                            metrics.get("learning_rate"))
+    if svg:
+        parts += [charts.markdown_image(svg, f"loss curve of {name}"), ""]
+    parts += [_summary_line(metrics), ""]
+    columns = [("step", None), ("training loss", losses), ("eval loss", evals), ("learning rate", rates)]
+    columns = [(title, values) for title, values in columns if values is None or values]  # a column with no values: left out
+    steps = sorted({int(s) for s in (*losses, *evals, *rates)})
+    if steps:
+        parts += ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "---|" * len(columns)]
+        for step in steps:
+            cells = [str(step)] + [_cell(values.get(step), title) for title, values in columns[1:] if values is not None]
+            parts.append("| " + " | ".join(cells) + " |")
+    return "\n".join(parts) + "\n"
+
+
+def _cell(value: float | None, title: str) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if title == "learning rate" else f"{value:.4f}"
+
+
+def _summary_line(metrics: dict) -> str:
+    """What the run did, in one line, with only the numbers it has (never ``None`` or ``nan``)."""
+    def number(key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    losses = charts.finite_points(metrics.get("loss"))
+    said = []
+    if (steps := number("steps")) is not None:
+        said.append(f"{steps:.0f} steps")
+    if losses:
+        said.append(f"final training loss {losses[-1][1]:.4f}")
+    if (eval_loss := number("eval_loss")) is not None:
+        said.append(f"eval loss {eval_loss:.4f}")
+    if tokens := number("train_tokens"):
+        said.append(f"{tokens:.0f} tokens")
+    if rate := number("tokens_per_second"):
+        said.append(f"{rate:.0f} tokens/s")
+    if wall := number("wall_seconds"):
+        said.append(f"{wall:.1f} s in all")
+    return ", ".join(said) if said else "no metrics were recorded"
 
 
 @task(name="tune", **task_options(retries=1))

@@ -40,6 +40,7 @@ class Reporter(TrainerCallback):
     def __init__(self) -> None:
         self.loss: list[list[float]] = []
         self.eval_loss: list[list[float]] = []
+        self.learning_rate: list[list[float]] = []
         self.tokens = 0
         self.train_seconds = 0.0
         self._train_started: float | None = None
@@ -60,6 +61,7 @@ class Reporter(TrainerCallback):
         if "eval_loss" in logs:
             self.eval_loss.append([state.global_step, float(logs["eval_loss"])])
             emit({"step": state.global_step, "max_steps": state.max_steps, "eval_loss": float(logs["eval_loss"])})
+            say(f"eval at step {state.global_step}/{state.max_steps}: eval loss {float(logs['eval_loss']):.4f}")
             return
         if "loss" not in logs:
             return
@@ -68,10 +70,14 @@ class Reporter(TrainerCallback):
         loss = float(logs["loss"])
         self.loss.append([state.global_step, loss])
         event = {"step": state.global_step, "max_steps": state.max_steps, "loss": loss, "epoch": _round(state.epoch)}
+        lr = logs.get("learning_rate")
+        if isinstance(lr, (int, float)):  # the rate this step trained with (the scheduler's, after warm-up)
+            self.learning_rate.append([state.global_step, float(lr)])
+            event["learning_rate"] = float(lr)
         emit({**event, "tokens": self.tokens})
         rate = self.tokens / max(time.monotonic() - (self._train_started or time.monotonic()), 1e-9)
         say(f"step {state.global_step}/{state.max_steps} loss {loss:.4f} epoch {event['epoch']} "
-            f"tokens {self.tokens} ({rate:.0f} tok/s)")
+            f"tokens {self.tokens} ({rate:.0f} tok/s)" + (f" lr {lr:.3g}" if "learning_rate" in event else ""))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._train_started is not None:
@@ -83,6 +89,7 @@ class Reporter(TrainerCallback):
             "loss": self.loss,
             "eval_loss": None if eval_loss is None else float(eval_loss),
             "eval_loss_history": self.eval_loss,
+            "learning_rate": self.learning_rate,
             "train_tokens": self.tokens,
             "tokens_per_second": self.tokens / self.train_seconds if self.train_seconds else 0.0,
             "train_seconds": self.train_seconds,
