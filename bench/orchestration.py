@@ -68,6 +68,7 @@ def main() -> None:
     finally:
         cli.main(["delete", "workspace", "tiny-tune-and-serve"])
         prefect_server.stop()
+        demo.stop_data_server()
 
 
 async def _times(run_id: str) -> tuple[float, float]:
