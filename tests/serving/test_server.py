@@ -117,6 +117,9 @@ def test_adapters_load_replace_and_unload_at_run_time(server: RunningServer, ada
 
 def test_replacing_an_adapter_lets_requests_in_flight_finish_on_the_old_one(
         server: RunningServer, adapter_dirs: dict[str, Path]) -> None:
+    """Over HTTP, on both engines. On the transformers engine the swap is applied after the streamed
+    request's generation (one worker thread, in order), so there this passes whatever the swap does
+    with the old version; tests/serving/test_claims_swap.py builds the order that can hurt."""
     url, c = server.url, client(server)
     load = {"lora_name": "roll2", "lora_path": str(adapter_dirs["gamma"])}
     assert httpx.post(f"{url}/v1/load_lora_adapter", json=load, timeout=60).status_code == 200
