@@ -90,6 +90,8 @@ def prefect_api():
 
 
 STRICT = os.environ.get("KAIFLOW_TESTS_STRICT") == "1"
+_GPU_DESELECTED = pytest.StashKey[int]()  # how many gpu tests were deselected
+_FAKE_ONLY = pytest.StashKey[int]()  # how many collected tests carry the fake marker
 
 
 def _has_cuda() -> bool:
@@ -107,10 +109,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
         config.stash[_GPU_DESELECTED] = len(gpu)
-
-
-_GPU_DESELECTED = pytest.StashKey[int]()
-_FAKE_ONLY = pytest.StashKey[int]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

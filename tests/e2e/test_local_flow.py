@@ -144,7 +144,8 @@ def test_registry_outage_during_push_is_retried(env, tmp_path):
     ws = tmp_path / "ws.yaml"
     ws.write_text(WORKSPACE.format(name="e2e-retry", url=env["files"].url_for("qa2.jsonl")))
     env["registry"].stop()
-    proc = subprocess.Popen([KAIFLOW, "apply", "-f", str(ws)], env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([KAIFLOW, "apply", "-f", str(ws)], env={**env["env"], "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # unbuffered: lines as they come
     rec_path = Path(env["env"]["KAIFLOW_HOME"]) / "workspaces" / "e2e-retry" / "record.json"
     lines: list[str] = []
     push_failed = threading.Event()
