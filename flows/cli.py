@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--tuning", action="store_true", help="the tuning log instead of the server's")
     lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing what is added, until Ctrl-C")
+    lg.add_argument("--plot", action="store_true", help="draw the last tuning run's loss curve (with --tuning) instead")
     lg.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     ch = sub.add_parser("chat", help="ask a workspace's endpoint (POST /chat)")
     ch.add_argument("name")

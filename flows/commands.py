@@ -54,23 +54,47 @@ def cmd_apply(args) -> int:
         try:
             # an in-process run belongs to the `workspace` flow, not to its deployment (Prefect links a
             # run to a deployment only when the deployment creates it: `--via-server`); tags find it
-            with tags("kaiflow", f"workspace:{ws.name}", "in-process"):
+            # on a terminal: one live line per step instead of the log lines (flows.console)
+            with tags("kaiflow", f"workspace:{ws.name}", "in-process"), \
+                    console.live_steps(console.steps_for(ws), enabled=not (args.quiet or args.debug)):
                 result = workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
         except KaiflowError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        line = f"workspace {ws.name}: ready"
-        if result.get("image"):
-            line += f"; adapter image {result['image']['reference']}"
-        if result.get("inference"):
-            line += f"; endpoint {result['inference']['endpoint']}"
-        print(line)
+        print(f"workspace {ws.name}: ready")
+        record = records.load(ws.name)
+        for label, value in links(api, record.last_flow_run if record else None,
+                                  (result.get("inference") or {}).get("endpoint"), (result.get("image") or {}).get("reference")):
+            print(f"  {label:<8} {value}")
     from flows import deployments
 
     for s in deployments.schedules_from_annotations(bundle.workspaces, bundle.config_maps, args.platform):
         print(f"schedule {s['slug']} on {s['deployment']}: {s['cron']} ({s['timezone']})")
     return 1 if failed else 0
+
+
+def flow_run_url(api: str | None, run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI (which lives beside the API), or None without both."""
+    if not api or not run_id:
+        return None
+    from flows import server
+
+    return f"{server.ui_url(api.rstrip('/'))}/runs/flow-run/{run_id}"
+
+
+def links(api: str | None, run_id: str | None, endpoint: str | None, image: str | None) -> list[tuple[str, str]]:
+    """What ``apply`` ends with and ``describe`` shows: the flow run's UI page, the endpoint, and the
+    adapter image pinned by digest — each that exists, as something to open or pull."""
+    out = []
+    if run_id:
+        out.append(("flow run", flow_run_url(api, run_id) or f"{run_id} (no Prefect server is running here: "
+                                                          "`kaiflow server` starts it, with the UI)"))
+    if endpoint:
+        out.append(("endpoint", endpoint))
+    if image:
+        out.append(("image", image))
+    return out
 
 
 def _age(created: str | None) -> str:
@@ -140,17 +164,20 @@ def cmd_describe(args) -> int:
     print(f"Instance:      {r.get('instance', '-')}")
     print(f"Created:       {r.get('created')}")
     running = r.get("server_ready", r.get("server_running"))
+    from flows import prefect_server
+
+    run = r.get("last_flow_run")
+    print(f"Flow run:      {dict(links(prefect_server.running_api(), run, None, None)).get('flow run', '-')}")
     print(f"Endpoint:      {r.get('endpoint') or '-'}"
           + ("" if running is None else (" (running)" if running else " (not running)")))
+    if r.get("adapter_image"):
+        print(f"Image:         {r['adapter_image']}")
     if server.get("supervisor_pid"):  # local: the supervised server, counted like a pod's RESTARTS
         print(f"Server:        pid {server.get('pid')}, supervisor pid {server['supervisor_pid']}, "
               f"restarts {server.get('restarts', 0)}" + (f", last exit: {server['last_exit']}" if server.get("last_exit") else "")
               + (f", down since {server['down_since']}" if server.get("down_since") else ""))
-    if r.get("adapter_image"):
-        print(f"Tuned image:   {r['adapter_image']}")
     for a in server.get("adapters", []):
         print(f"Adapter:       {_adapter_line(a)}")
-    print(f"Last flow run: {r.get('last_flow_run') or '-'}")
     print("Conditions:")
     for c in r.get("conditions", []):
         print(f"  {c['type']:<20} {c['status']:<8} {c.get('reason', ''):<24} {c.get('message', '')}")
@@ -181,13 +208,22 @@ def cmd_delete(args) -> int:
 
 def cmd_logs(args) -> int:
     """The log of a workspace's server (or last tuning run): all of it, its last ``--tail`` lines, and
-    with ``-f`` what is added after, until Ctrl-C. Local: its log files; a cluster: the newest pod's log
+    with ``-f`` what is added after, until Ctrl-C; ``--plot``: the last tuning run's loss curve, drawn. Local: its log files; a cluster: the newest pod's log
     (``-f`` polls it every ``--interval`` seconds and prints what is new)."""
     import time
 
     record = _require(args.name)
-    where, part = platforms.get(record.platform), "tuning" if args.tuning else "inference"
+    where, part = platforms.get(record.platform), "tuning" if args.tuning or getattr(args, "plot", False) else "inference"
     text = where.logs(record, part)
+    if getattr(args, "plot", False):  # the loss curve, from the tuning log's step lines
+        import shutil
+
+        from flows import console
+
+        train, evals = console.losses_from_log(text)
+        width = min(max(shutil.get_terminal_size((80, 24)).columns - 16, 20), 100)
+        print(console.plot(train, evals, width=width))
+        return 0
     shown = text
     if args.tail is not None:
         lines = text.splitlines(keepends=True)

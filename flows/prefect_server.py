@@ -105,6 +105,18 @@ def ensure(database_url: str | None = None) -> str:
     raise KaiflowError(f"could not start a local Prefect server (log: {home / 'server.log'}):\n{tail}")
 
 
+def running_api() -> str | None:
+    """The Prefect API in use without starting anything: ``PREFECT_API_URL``, else the local
+    background server's if it runs, else None."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    state = _state_file()
+    if not state.exists():
+        return None
+    info = json.loads(state.read_text())
+    return info["api"] if local_process.alive(info.get("pid"), MARKER) and _healthy(info["api"]) else None
+
+
 def database() -> str | None:
     """What the local background server runs on ("sqlite" or a password-free PostgreSQL URL), or
     None when kaiflow did not start the server in use."""

@@ -41,8 +41,9 @@ def finite_points(pairs: Iterable[Sequence[object]] | None) -> list[Point]:
     return out
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
+    """About ``count`` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi];
+    ``integer``: whole numbers only (steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
@@ -50,7 +51,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / max(count - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw and not (integer and (m * power) % 1))
     first = math.floor(lo / step) * step
     ticks, v = [], first
     while v <= hi + step * 1e-9:
@@ -152,7 +153,7 @@ def loss_chart(title: str, loss: Iterable[Sequence[object]] | None, eval_loss: I
     if not train and not evals:
         return None
     xs = [p[0] for p in (*train, *evals, *rate)]
-    x_ticks = nice_ticks(min(0.0, min(xs)), max(xs), 6)
+    x_ticks = nice_ticks(min(0.0, min(xs)), max(xs), 6, integer=True)
     top = _Panel(TOP + 14, 260, xs, [p[1] for p in (*train, *evals)], "step", "loss (nats per token)", x_ticks)
     body = top.axes() + top.line(train, TRAIN) + top.line(evals, EVAL, dots=True)
     body += _legend([("training loss", TRAIN)] + ([("eval loss", EVAL)] if evals else []), LEFT + 8, TOP + 6)

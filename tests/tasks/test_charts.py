@@ -66,6 +66,7 @@ def test_ticks_are_round_numbers_that_cover_the_data():
     ticks = charts.nice_ticks(0.31, 2.57)
     assert ticks[0] <= 0.31 and ticks[-1] >= 2.57 and ticks == [0.0, 1.0, 2.0, 3.0]
     assert charts.nice_ticks(1.0, 1.0)  # one value: still an axis
+    assert charts.nice_ticks(0, 12, 6, integer=True) == [0, 5, 10, 15] and charts.nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]
     assert charts.tick_label(1e-4, [0, 5e-5, 1e-4]) == "1.0e-04" and charts.tick_label(40, [0, 20, 40]) == "40"
 
 
