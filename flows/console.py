@@ -170,7 +170,8 @@ class LiveSteps:
                 self._update(step, message)
         if step is not None and self._live is not None:
             self._live.refresh()  # every change drawn, not only the 4-a-second refresh
-        if record.levelno >= logging.WARNING and not message.startswith("Finished in state"):  # that one: on the step's line
+        # a step's retries and final state are on its line; the CLI's error line says the error at the end
+        if record.levelno >= logging.WARNING and not (step and message.startswith(("Finished in state", "Task run failed"))):
             where = f"{step.label}: " if step else ""
             self.console.print(f"{record.levelname.lower()}: {where}{record.getMessage()}", markup=False, highlight=False,
                                style="yellow" if record.levelno == logging.WARNING else "red")

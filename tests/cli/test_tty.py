@@ -55,6 +55,17 @@ tuning:
   input: {{urls: ["{url}"]}}
   output: {{image: "adapters/{name}:1"}}
 """
+FAILING = """
+apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata: {name: tty-fails}
+resource: {instanceType: local}
+tuning:
+  preset: {name: tiny-phi-3}
+  method: qlora
+  input: {urls: ["http://127.0.0.1:9/none.jsonl"]}
+  output: {image: "adapters/tty-fails:1"}
+"""
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -155,6 +166,21 @@ def test_logs_plot_draws_the_tuning_runs_loss_curve(applied):
     assert re.search(r"[\u2801-\u28ff]", out.stdout)  # the line, in braille dots
     assert "×" in out.stdout and "× eval loss" in out.stdout  # the eval split's losses
     assert re.search(r"^\s+0\s+12  step$", out.stdout, re.M)
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_step_is_marked_on_its_line_and_the_error_said_at_the_end(prefect_api, tmp_path):
+    ws = tmp_path / "ws.yaml"
+    ws.write_text(FAILING)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "KAIFLOW_HOME": str(tmp_path / "home"), "KAIFLOW_ALLOW_PRIVATE_URLS": "true",
+           "KAIFLOW_DATASET_ATTEMPTS": "1", "KAIFLOW_RETRY_BACKOFF_S": "0", "TERM": "xterm-256color", "COLUMNS": "120"}
+    rc, out = in_pty([KAIFLOW, "apply", "-f", str(ws)], env, timeout=240)
+    text = frames(out)
+    assert rc == 1
+    last = text[text.rindex("✓ provision"):]
+    assert re.search(r"✗ data\s+Failed \(DatasetError\)", last) and re.search(r"· tuning\s*\n", last), last
+    assert [x for x in last.splitlines() if x.strip()][-1].startswith("error: could not download http://127.0.0.1:9/none.jsonl")
+    assert "Traceback" not in text and "| ERROR   |" not in text
 
 
 def test_describe_without_a_running_prefect_server_says_how_to_start_it(tmp_path, monkeypatch):
