@@ -14,8 +14,9 @@ the adapters rolled in — no request ever runs on a half-loaded or removed one.
 * `test_soak_short`: 60 s, a roll every 10 s, on the transformers engine, in the normal suite. It
   starts in seconds; a vLLM server would add 35-50 s of start-up (and 3 GB) to a 60 s test.
 * `test_soak_long`: 10 minutes, a roll every 30 s, on the vLLM engine — what users run. Marked
-  slow and run only when asked for (``pytest -m slow tests/serving/test_soak.py``), so that
-  ``make test`` stays within its time.
+  slow and soak, and deselected unless asked for (``pytest -m slow tests/serving/test_soak.py``,
+  ``-m soak`` or ``KAIFLOW_SOAK=1``; tests/serving/conftest.py), so that ``make test`` stays within
+  its time.
 """
 
 from __future__ import annotations
@@ -218,22 +219,11 @@ def test_soak_short(adapter_dirs: dict[str, Path], bad_adapter: Path) -> None:
         soak(server, adapter_dirs, bad_adapter, duration_s=60, roll_every_s=10, exact=True)
 
 
-def _asked_for(config: pytest.Config) -> bool:
-    expr = str(config.getoption("markexpr", "") or "")
-    return "slow" in expr.replace("not slow", "") or os.environ.get("KAIFLOW_SOAK") == "1"
-
-
-@pytest.fixture
-def long_soak_asked_for(request: pytest.FixtureRequest) -> None:
-    if not _asked_for(request.config):
-        pytest.skip("the 10-minute soak runs only when asked for: pytest -m slow tests/serving/test_soak.py "
-                    "(or KAIFLOW_SOAK=1)")
-
-
 @pytest.mark.slow
+@pytest.mark.soak  # deselected unless asked for: tests/serving/conftest.py
 @pytest.mark.vllm
-@pytest.mark.timeout(1500)
-def test_soak_long(long_soak_asked_for: None, adapter_dirs: dict[str, Path], bad_adapter: Path) -> None:
+@pytest.mark.timeout(2000)
+def test_soak_long(adapter_dirs: dict[str, Path], bad_adapter: Path) -> None:
     if os.environ.get("KAIFLOW_TESTS_STRICT") != "1":
         pytest.importorskip("vllm")
     # start-up is 35-50 s on 2 idle cores, several minutes on busy ones: the guard only catches a hang
