@@ -166,8 +166,8 @@ def cmd_describe(args) -> int:
     running = r.get("server_ready", r.get("server_running"))
     from flows import prefect_server
 
-    run = r.get("last_flow_run")
-    print(f"Flow run:      {dict(links(prefect_server.running_api(), run, None, None)).get('flow run', '-')}")
+    run = r.get("last_flow_run")  # its page in the UI, when the Prefect server that ran it is up
+    print(f"Flow run:      {links(prefect_server.running_api(), run, None, None)[0][1] if run else '-'}")
     print(f"Endpoint:      {r.get('endpoint') or '-'}"
           + ("" if running is None else (" (running)" if running else " (not running)")))
     if r.get("adapter_image"):
