@@ -54,12 +54,13 @@ ALLOWED_5XX = {503}  # documented: the model is loading (429, the other document
 # vLLM, where the engine core's own growth is larger, 2x its largest measured growth is allowed.
 MEMORY_MARGIN_MIB = {"transformers": 64, "vllm": 192}
 
-WARM_UP = 30  # valid cases per operation that takes input, before the baseline
-# how many examples each operation gets, per generation mode; the GET operations take no input
+WARM_UP = 15  # valid cases per operation that takes input, before the baseline
+# how many examples each operation gets, per generation mode (1,085 requests in all; the 5 GET
+# operations take no input and get one each). Generating the cases is about half the run's time.
 EXAMPLES = {
-    "POST /v1/chat/completions": 160,
-    "POST /v1/completions": 160,
-    "POST /chat": 160,
+    "POST /v1/chat/completions": 150,
+    "POST /v1/completions": 150,
+    "POST /chat": 150,
     "POST /v1/load_lora_adapter": 60,
     "POST /v1/unload_lora_adapter": 30,
 }
