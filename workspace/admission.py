@@ -294,11 +294,15 @@ def _inference(ws: spec.Workspace, cms: dict[str, dict[str, str]]) -> list[Probl
         if known:
             out += _fit(ws, inf.preset.name, model)
     for i, a in enumerate(inf.adapters or []):
-        if a.source.image:
+        if a.source.image and a.source.volume_source:  # Kaito #1877: an image or a volume
+            out.append(Problem(f"inference.adapters[{i}].source", "set either image or volumeSource, not both"))
+        elif a.source.image:
             out += _image(f"inference.adapters[{i}].source.image", a.source.image)
-        else:
-            out.append(Problem(f"inference.adapters[{i}].source.image", (
-                "required field is missing: the OCI image holding the adapter, e.g. myregistry.azurecr.io/adapters/x:0.1")))
+        elif not a.source.volume_source:
+            out.append(Problem(f"inference.adapters[{i}].source", (
+                "either image or volumeSource must be specified: the OCI image holding the adapter "
+                "(e.g. myregistry.azurecr.io/adapters/x:0.1) or a volume with its files (e.g. the tuning "
+                "output's persistentVolumeClaim)")))
         for j, secret in enumerate(a.source.image_pull_secrets or []):
             out += _secret(f"inference.adapters[{i}].source.imagePullSecrets[{j}]", secret)
     if ws.runtime == "vllm" and inf.preset is not None and known:

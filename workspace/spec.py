@@ -121,6 +121,9 @@ class AdapterSource(Model):
     name: str = Field(description="Adapter name (DNS-1123 label); requests select it with \"model\": NAME.")
     image: str | None = Field(None, description="OCI image holding the adapter (Kaito layout: /data/adapter_*.{json,safetensors}).")
     image_pull_secrets: list[str] | None = Field(None, description="Secrets to pull the adapter image.")
+    volume_source: VolumeSource | None = Field(
+        None, description="A volume holding the adapter's files, e.g. a tuning job's output persistentVolumeClaim "
+                          "(Kaito #1877); on the local platform, hostPath.path. Instead of image.")
 
     @field_validator("name")
     @classmethod
@@ -287,3 +290,6 @@ class Workspace(Model):
             if not any(a.source.image == self.tuning.output.image for a in adapters):
                 adapters.append(AdapterSpec(source=AdapterSource(name=self.name[:63].strip(".-").replace(".", "-"), image=self.tuning.output.image)))
         return adapters
+
+
+AdapterSource.model_rebuild()

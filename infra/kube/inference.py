@@ -68,8 +68,8 @@ def deploy(kube: kclient.Kube, ws: spec.Workspace, plan: plan_mod.WorkspacePlan,
         report.condition(status.INFERENCE_READY, False, exc.reason, str(exc))
         raise
     svc = kapply.get(kube, "v1", "Service", manifests.dns_label(ws.name), ns) or {}
-    adapters = [{"name": a["name"], "image": a["image"], "strength": a["strength"],
-                 "digest": a["image"].rsplit("@", 1)[1] if "@" in a["image"] else ""}
+    adapters = [{"name": a["name"], "image": a["image"] or "", "strength": a["strength"],
+                 "digest": a["image"].rsplit("@", 1)[1] if a["image"] and "@" in a["image"] else ""}
                 for a in manifests.adapter_entries(ws, fresh_reference)]
     return Served(endpoint=f"http://{manifests.dns_label(ws.name)}.{ns}.svc.cluster.local",
                   service=manifests.dns_label(ws.name), statefulset=sts["metadata"]["name"], replicas=replicas,

@@ -55,6 +55,7 @@ KAITO_NODEPOOL = "kaito"
 NODECLASS = {"azure": ("karpenter.azure.com", "AKSNodeClass"), "aws": ("karpenter.k8s.aws", "EC2NodeClass")}
 DATA_DIR, OUTPUT_DIR, ADAPTER_DIR, CONFIG_DIR = "/mnt/data", "/mnt/output", "/mnt/adapter", "/mnt/config"
 PLAN_CONFIG_DIR = "/mnt/plan"
+VOLUME_ADAPTERS_DIR = "/mnt/adapter-volumes"  # apart from ADAPTER_DIR: no mount inside a read-only one
 INPUT_VOLUME_DIR, SECRETS_DIR = "/mnt/input", "/mnt/secrets"
 JOB_TTL_S = 24 * 3600
 MAX_NAME = 63
@@ -478,7 +479,8 @@ def adapter_entries(ws: spec.Workspace, fresh_reference: str | None = None) -> l
         if fresh_reference and ws.tuning and image == ws.tuning.output.image:
             image = fresh_reference
         out.append({"name": a.source.name, "image": image, "strength": a.strength_value,
-                    "secrets": list(a.source.image_pull_secrets or [])})
+                    "secrets": list(a.source.image_pull_secrets or []),
+                    "volume": a.source.volume_source.to_dict() if a.source.volume_source else None})
     return out
 
 
@@ -525,7 +527,8 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
            "--served-model-name", model,
            "--engine", "transformers" if ws.runtime == "transformers" else "auto"]  # kaito.sh/runtime
     for a in adapters:
-        cmd += ["--adapter", f"{a['name']}={ADAPTER_DIR}/{a['name']}:{a['strength']:g}"]
+        where = VOLUME_ADAPTERS_DIR if a.get("volume") else ADAPTER_DIR
+        cmd += ["--adapter", f"{a['name']}={where}/{a['name']}:{a['strength']:g}"]
     # the plan's engine arguments first, the user's inference ConfigMap (if any) last: its keys win
     cmd += ["--config", f"{PLAN_CONFIG_DIR}/inference_config.yaml"]
     volumes = [{"name": "plan-config", "configMap": {"name": inference_config_name(ws.name)}},
@@ -537,13 +540,20 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
         volumes.insert(0, {"name": "config", "configMap": {"name": ws.inference.config}})
         mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     init: list[dict] = []
-    if adapters:
+    # adapters on a volume (Kaito #1877: e.g. a tuning Job's output PVC) are mounted where the server
+    # looks for them, read only; only image adapters need the pull step
+    for a in (a for a in adapters if a.get("volume")):
+        vol = volume_name("adapter-volume", a["name"])
+        volumes.append({"name": vol, **a["volume"]})
+        mounts.append({"name": vol, "mountPath": f"{VOLUME_ADAPTERS_DIR}/{a['name']}", "readOnly": True})
+    pulled = [a for a in adapters if not a.get("volume")]
+    if pulled:
         volumes.append({"name": "adapters", "emptyDir": {}})
         mounts.append({"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True})
         pull = ["python", "-m", "infra.pod", "pull-adapters", "--dest", ADAPTER_DIR]
         pull_mounts = [{"name": "adapters", "mountPath": ADAPTER_DIR}]
-        secrets = sorted({s for a in adapters for s in a["secrets"]})
-        for a in adapters:
+        secrets = sorted({s for a in pulled for s in a["secrets"]})
+        for a in pulled:
             pull += ["--adapter", f"{a['name']}={a['image']}"]
         for s in secrets:
             volumes.append(_secret_volume(s))

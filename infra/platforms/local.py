@@ -189,7 +189,11 @@ class LocalPlatform:
         name = ws.name
         model = ws.inference.preset.name
         wanted: list[records.ServedAdapter] = []
-        for a in ws.effective_adapters():
+        for i, a in enumerate(ws.effective_adapters()):
+            if a.source.volume_source is not None:  # Kaito #1877: the adapter's files on a volume
+                adir, digest = _volume_adapter(a.source.volume_source.to_dict(), f"inference.adapters[{i}].source.volumeSource")
+                wanted.append(records.ServedAdapter(name=a.source.name, dir=adir, digest=digest, strength=a.strength_value))
+                continue
             ref = str(a.source.image)
             if image and ws.tuning and ref == ws.tuning.output.image:
                 ref = image.reference
@@ -330,6 +334,29 @@ def _run_reporting_progress(cmd: list[str], log_path: Path) -> tuple[int, str]:
                 log.info("tuning [%s%s] step %s/%s loss %.4f", "#" * done, "." * (20 - done), ev["step"], total, ev["loss"])
         rc = proc.wait()
     return rc, last_error
+
+
+def _volume_adapter(volume: dict, field: str) -> tuple[str, str]:
+    """An adapter served from a folder (``hostPath.path``, the local platform's volume) and a digest of
+    its files, so a changed adapter is rolled in and an unchanged one left alone."""
+    import hashlib
+
+    path = (volume.get("hostPath") or {}).get("path")
+    if not path:
+        raise SpecError(f"{field}: on the local platform an adapter volume is hostPath.path (a folder holding "
+                        f"adapter_config.json and the weights); found {', '.join(volume) or 'nothing'}")
+    folder = Path(path)
+    missing = [f for f in protocol.ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise DeploymentError(f"{field}: {folder} holds no adapter (missing {', '.join(missing)}); point hostPath.path "
+                              "at the folder a tuning run wrote")
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return str(folder), "sha256:" + h.hexdigest()
 
 
 def _pull_adapter(name: str, reference: str, secret: str | None) -> tuple[str, str]:

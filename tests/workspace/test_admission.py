@@ -187,7 +187,14 @@ CASES = [
         "image": "fake.kaito.com/kaito-image:0.0.1"}}]}, ["inference.adapters[0].source.name"]),
     inf(f"{A}/Valid Adapter", {"inference.adapters": ADAPTERS[:1]}),
     inf(f"{A}/Missing both Image and Volume", {"inference.adapters": [{"source": {"name": "adapter-1"}, "strength": "0.5"}]},
-        ["inference.adapters[0].source.image"]),
+        ["inference.adapters[0].source"], "either image or volumeSource"),
+    inf(f"{A}/Valid Adapter with Volume source", {"inference.adapters": [{"source": {"name": "adapter-1",
+        "volumeSource": {"persistentVolumeClaim": {"claimName": "test-pvc"}}}, "strength": "0.5"}]}),
+    inf(f"{INF}/Valid with volume adapters/vllm", {"inference.adapters": [{"source": {"name": f"adapter-{i}",
+        "volumeSource": {"persistentVolumeClaim": {"claimName": f"pvc-adapter-{i}"}}}} for i in (1, 2)]}),
+    inf(f"kaiflow:{A[6:]}/adapter with both image and volumeSource", {"inference.adapters": [{"source": {
+        "name": "adapter-1", "image": "fake.kaito.com/kaito-image:0.0.1", "volumeSource": {"emptyDir": {}}}}]},
+        ["inference.adapters[0].source"], "not both"),
     inf(f"{A}/Adapter with unsupported URLs source", {"inference.adapters": [{"source": {"name": "adapter-1",
         "urls": ["https://example.com/adapter.bin"]}}]}, ["inference.adapters[0].source"], "unknown field 'urls'"),
     inf(f"kaiflow:{A[6:]}/adapter image reference with an upper-case repository", {"inference.adapters": [{"source": {
