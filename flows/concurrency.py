@@ -200,7 +200,7 @@ def _acquire(name: str, occupy: int, what: str) -> str:
                 if not said or time.monotonic() - said >= SAY_EVERY_S:
                     said = time.monotonic()
                     _say(f"{what} waits for the concurrency limit '{name}': "
-                         f"{describe_holders(name) or 'held by a run not on this machine (its lease lapses within ~75 s of its death)'}"
+                         f"{describe_holders(name) or 'held by a run this machine has no record of (one on another machine; its lease lapses within ~75 s of its death)'}"
                          f"; waited {waited:.0f} s of at most {wait:g} s (KAIFLOW_GPU_WAIT_S)")
                 time.sleep(min(1.0, max(0.05, wait - waited)))
                 continue

@@ -239,7 +239,7 @@ def test_2_the_next_apply_resumes_tuning_and_is_killed_while_deploying(matrix):
     assert {q: ask(rec.endpoint, q) for q, _ in PAIRS} == dict(PAIRS)
 
 
-def test_3_registry_down_while_pushing_killed_then_a_clear_error_then_recovered(matrix):
+def test_3_registry_down_while_pushing_killed_then_a_clear_error(matrix):
     reg = matrix["registry"]
     before = records.load(NAME)
     reg.stop()  # even an unchanged adapter's push asks the registry what it holds
@@ -259,12 +259,7 @@ def test_3_registry_down_while_pushing_killed_then_a_clear_error_then_recovered(
         assert ask(before.endpoint, "Which planet is red?") == "Mars."
         assert get_row(NAME)[3] == "True"  # the old endpoint still serves: InferenceReady stays True
     finally:
-        reg.start()
-    rc, out = matrix["apply"]().finish()
-    assert rc == 0, out
-    rec = records.load(NAME)
-    assert rec.adapter_image == before.adapter_image and rec.server.pid == before.server.pid
-    assert ask(rec.endpoint, "Which planet is red?") == "Mars."
+        reg.start()  # the applies of the next step succeed with it back
 
 
 def test_4_two_applies_of_one_workspace_take_turns_beside_another_workspace(matrix):
