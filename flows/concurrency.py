@@ -143,7 +143,10 @@ def _slots(name: str, occupy: int, default_limit: int, what: str) -> Iterator[No
         )
     lease_id = _acquire(name, occupy, what)
     stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(lease_id, stop), name=f"lease-{name}", daemon=True)
+    # in a copy of this context: Prefect's settings (which server) are context variables, and a thread
+    # without them would start a temporary Prefect server of its own to renew the lease
+    renewer = threading.Thread(target=contextvars.copy_context().run, args=(_renew, lease_id, stop),
+                               name=f"lease-{name}", daemon=True)
     renewer.start()
     token = _held.set(_held.get() | {name})
     try:

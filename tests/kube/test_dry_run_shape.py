@@ -27,21 +27,19 @@ def pod_specs(obj: dict) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, str]:
-    import os
+    import contextlib
+    import io
 
-    os.environ["KAIFLOW_ALLOW_PRIVATE_URLS"] = "true"  # examples/local pull from make demo's 127.0.0.1 server
-    os.environ["KAIFLOW_HOME"] = str(tmp_path_factory.mktemp("home"))
     out = {}
-    for path in EXAMPLES:
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            rc = cli.main(["apply", "--dry-run", "-o", "yaml", "-f", str(path)])
-        if rc == 0:
-            out[str(path.relative_to(ROOT))] = buf.getvalue()
-    os.environ.pop("KAIFLOW_ALLOW_PRIVATE_URLS")
+    with pytest.MonkeyPatch.context() as env:  # restored after: later tests keep the session's home
+        env.setenv("KAIFLOW_ALLOW_PRIVATE_URLS", "true")  # examples/local pull from make demo's 127.0.0.1 server
+        env.setenv("KAIFLOW_HOME", str(tmp_path_factory.mktemp("home")))
+        for path in EXAMPLES:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = cli.main(["apply", "--dry-run", "-o", "yaml", "-f", str(path)])
+            if rc == 0:
+                out[str(path.relative_to(ROOT))] = buf.getvalue()
     return out
 
 
