@@ -119,10 +119,9 @@ def _require(name: str) -> records.WorkspaceRecord:
 def cmd_get(args) -> int:
     from flows.cli import _table
 
-    names = [args.name] if getattr(args, "name", None) else records.names()
-    if getattr(args, "name", None):
-        _require(args.name)
-    rows, views = [], [_view(rec) for n in names if (rec := records.load(n))]
+    wanted = ([_require(args.name)] if getattr(args, "name", None)
+              else [rec for n in records.names() if (rec := records.load(n))])
+    rows, views = [], [_view(rec) for rec in wanted]
     for r in views:
         if "error" in r.get("cluster", {}):
             print(f"note: {r['name']}: cluster not reachable, showing the local record: {r['cluster']['error']}",
