@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kaiflow-installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install system-deps tools demo test test-fast lint clean
+.PHONY: install system-deps tools images demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -28,13 +28,16 @@ endif
 	touch $(STAMP)
 
 # Debian packages the tests use: a local OCI registry and htpasswd, Chromium for the Prefect UI
-# test (driven by Python playwright, no browser download), PostgreSQL for the Prefect-on-Postgres test.
+# test (driven by Python playwright, no browser download), PostgreSQL for the Prefect-on-Postgres test,
+# and the container tools (issue 17): debootstrap makes the base, buildah builds, podman+runc run,
+# skopeo pushes. Their settings live in deployments/images/containers.conf, not in /etc.
 system-deps:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	for t in podman buildah skopeo debootstrap runc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -48,6 +51,11 @@ system-deps:
 # extracted once into ~/.cache/kaiflow/bin (KAIFLOW_BIN_CACHE)
 tools: install
 	$(BIN)/python -m tests.support.kubebins
+
+# kaiflow's CPU image (deployments/images/build.sh): rebuilt only when its content hash changes;
+# `make images PUSH=registry.example.com/team/kaiflow` also copies it there with skopeo.
+images: install system-deps
+	deployments/images/build.sh $(if $(PUSH),--push $(PUSH))
 
 demo: install
 	$(BIN)/python -m flows.demo
