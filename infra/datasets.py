@@ -34,8 +34,10 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -397,7 +399,7 @@ class _Download:
             self.budget.check(self.name, self.expected)
 
     def _stream(self, resp: httpx.Response) -> None:
-        with open(self.part, "ab") as out:
+        with open(self.part, "ab") as out, _Sink(out, self.sha) as sink:
             for chunk in resp.iter_raw():  # as the bytes arrive, so a cut loses nothing already received
                 if len(self.head) < SNIFF:
                     self.head += chunk[: SNIFF - len(self.head)]
@@ -405,8 +407,7 @@ class _Download:
                 self.have += len(chunk)
                 self.budget.check(self.name, self.have)
                 self.budget.downloaded += len(chunk)
-                self.sha.update(chunk)
-                out.write(chunk)
+                sink.feed(chunk)
 
     def _finish(self) -> FileRecord:
         fmt = detect_format(self.part, self.name, origin=redact(self.url))
@@ -414,6 +415,57 @@ class _Download:
         return FileRecord(name=self.name, size=self.have, sha256=self.sha.hexdigest(), format=fmt,
                           etag=self.validator[0], last_modified=self.validator[1], origin=redact(self.url),
                           mtime_ns=self.target.stat().st_mtime_ns)
+
+
+class _Sink:
+    """Hashes and writes a download's bytes in a second thread, ~1 MiB at a time, so that hashing
+    and writing overlap with receiving (hashlib and file writes release the GIL); bench/datasets.py
+    says what it is worth. Leaving the ``with`` block flushes and joins: everything fed is on disk
+    and in the hash (a cut connection resumes from exactly what was received), and a write error
+    (a full disk) is raised there."""
+
+    def __init__(self, out: Any, sha: Any) -> None:
+        self._out, self._sha = out, sha
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # memory stays bounded
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dataset-sink", daemon=True)
+
+    def __enter__(self) -> "_Sink":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._sha.update(block)
+                    self._out.write(block)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = exc
+
+    def feed(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= CHUNK:
+            self._put()
+
+    def _put(self) -> None:
+        if self._batch:
+            self._queue.put(b"".join(self._batch))
+            self._batch, self._batched = [], 0
+        if self._error is not None:
+            raise self._error
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._put()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 # ---------------------------------------------------------------------------------------------
