@@ -97,3 +97,13 @@ KAIFLOW_AKS_SPOT: {{ $p.aks.spot | quote }}
 {{- $_ := set $l "app.kubernetes.io/component" "controller" -}}
 {{- toYaml $l -}}
 {{- end -}}
+
+{{/* The controller's rules on Workspaces (a ClusterRole, or a Role per watched namespace). */}}
+{{- define "kaiflow.controllerWorkspaceRules" -}}
+- apiGroups: ["kaito.sh"]
+  resources: ["workspaces"]
+  verbs: ["get", "list", "watch", "patch"]  # patch: the finalizer
+- apiGroups: ["kaito.sh"]
+  resources: ["workspaces/status"]
+  verbs: ["get", "patch"]  # observedGeneration, and the condition that refuses an immutable-field change
+{{- end -}}
