@@ -22,7 +22,9 @@ functions here fetch it themselves when it has not.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -115,6 +118,77 @@ def kubectl_versioned(minor: str) -> str | None:
 def kubectl_wheel() -> str:
     """The wheel's kubectl (v1.33), always from the cache: a second client beside the machine's."""
     return _cached("kubectl")
+
+
+class KubectlError(RuntimeError):
+    """A kubectl command that exited non-zero (or timed out); the message has the command and its stderr."""
+
+    def __init__(self, message: str, returncode: int, stdout: str, stderr: str):
+        super().__init__(message)
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+class Kubectl:
+    """A real kubectl bound to one kubeconfig: ``k("get", "pods")`` returns stdout, failures raise :class:`KubectlError`.
+
+    Every call passes ``--kubeconfig`` (the environment's KUBECONFIG is dropped) and a
+    ``--cache-dir`` of its own, so nothing reads or writes ~/.kube; ``timeout_s`` bounds each call.
+    """
+
+    def __init__(self, kubeconfig: str | Path, binary: str | None = None, cache_dir: str | Path | None = None,
+                 timeout_s: float = 60, cwd: str | Path | None = None):
+        self.kubeconfig = str(kubeconfig)
+        self.binary = binary or kubectl()
+        self.cache_dir = str(cache_dir or Path(self.kubeconfig).parent / ".kubectl-cache")
+        self.timeout_s = timeout_s
+        self.cwd = str(cwd) if cwd else None
+
+    def with_binary(self, binary: str) -> "Kubectl":
+        """The same cluster through another kubectl binary (e.g. ``kubectl.1.30``)."""
+        return Kubectl(self.kubeconfig, binary, self.cache_dir + "-" + Path(binary).name, self.timeout_s, self.cwd)
+
+    def run(self, *args: str, input: str | None = None, timeout_s: float | None = None,  # noqa: A002
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}", *args]
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        limit = timeout_s or self.timeout_s
+        try:
+            proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=limit, env=env, cwd=self.cwd)
+        except subprocess.TimeoutExpired as err:
+            out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+            errs = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or "")
+            raise KubectlError(f"kubectl {' '.join(args)} did not finish within {limit:g} s\nstdout:\n{out}\n"
+                               f"stderr:\n{errs}", -1, out, errs) from None
+        if check and proc.returncode != 0:
+            raise KubectlError(f"kubectl {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                               f"stderr:\n{proc.stderr}", proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def __call__(self, *args: str, input: str | None = None, timeout_s: float | None = None) -> str:  # noqa: A002
+        return self.run(*args, input=input, timeout_s=timeout_s).stdout
+
+    def json(self, *args: str) -> Any:
+        """``kubectl ARGS -o json``, parsed."""
+        return json.loads(self(*args, "-o", "json"))
+
+    def fails(self, *args: str, input: str | None = None) -> str:  # noqa: A002
+        """Run a command that must fail; returns its stderr (raises AssertionError when it succeeds)."""
+        proc = self.run(*args, input=input, check=False)
+        if proc.returncode == 0:
+            raise AssertionError(f"kubectl {' '.join(args)} succeeded but was expected to fail:\n{proc.stdout}")
+        return proc.stderr
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """``kubectl get`` output as rows keyed by header, split on the header's column starts."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"(?:(?<=\s\s)|^)\S", header)]
+    names = [header[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]  # type: ignore[list-item]
+    return [{name: line[a:b].strip() if a < len(line) else "" for name, a, b in
+             zip(names, starts, starts[1:] + [None])} for line in lines[1:]]  # type: ignore[list-item]
 
 
 def main() -> int:

@@ -31,6 +31,16 @@ What it models:
   references; batch/v1 Jobs default to Orphan as on a real server), deletecollection, watch
   (chunked JSON lines ADDED/MODIFIED/DELETED, ending at ``timeoutSeconds``; an ERROR 410 Expired
   event for a resourceVersion older than the event log), ``dryRun=All``.
+- What the real ``kubectl`` needs (tests/kubectl): legacy discovery (kubectl falls back to it from
+  aggregated discovery), OpenAPI v3 (``openapi.py``: built from the schemas below; PATCH operations
+  list ``fieldValidation`` so ``--validate=strict`` is done by the server, which answers unknown
+  fields 400 "strict decoding error" under ``fieldValidation=Strict``; strategic merge patch offered
+  for built-ins only, so client-side apply sends CRDs a JSON merge patch), server-side printing
+  (``tables.py``: ``Accept: ...;as=Table;g=meta.k8s.io`` answered with the built-in printers' columns
+  or a CRD's additionalPrinterColumns), the ``scale`` subresource (StatefulSet, Deployment, CRDs
+  declaring ``subresources.scale``; autoscaling/v1 Scale), finalizers (a delete of an object with
+  finalizers sets ``deletionTimestamp`` and keeps it until an update removes the last one; no new
+  finalizers once deleting), watch headers flushed at once (client-go reflectors wait for them).
 - Validation of every write: built-in kinds with ``kubernetes_validate`` (strict) for each version
   in ``versions``; custom resources against the CRD's openAPIV3Schema with unknown fields
   **rejected** (never pruned) and ``default`` values filled in; a few semantic rules (Job
@@ -60,12 +70,12 @@ fake): ``read_namespaced_pod_log`` returns ``"b'...'"`` unless called with
 What it does NOT model: authentication and RBAC enforcement (any token is accepted), admission
 webhooks and admission plugins (no LimitRanges, quotas, pod security), CEL validation rules and
 ``format`` checks in CRD schemas, CRD conversion webhooks, managedFields (apply ownership is kept
-as each manager's last applied configuration), finalizers and graceful deletion (objects go at
-once, no deletionTimestamp), real scheduling (no CPU/memory accounting, affinity other than
+as each manager's last applied configuration), graceful deletion of pods (no grace period), the
+``foregroundDeletion`` finalizer (Foreground deletes dependents at once), real scheduling (no CPU/memory accounting, affinity other than
 required node affinity, topology spread or preemption), container execution (pods never run
 anything; ``pods/NAME/log`` returns ``kube.pod_logs[name]`` or a line naming the command),
-``exec``/``attach``/``port-forward``/``proxy``, table output (``Accept: ...;as=Table``), protobuf
-and CBOR, pagination (``limit``/``continue`` ignored: lists are complete), bookmarks, and most
+``exec``/``attach``/``port-forward``/``proxy``, Table output of watches (``kubectl get -w``),
+``fieldValidation=Ignore/Warn`` (unknown fields are always refused), OpenAPI v2, protobuf and CBOR, pagination (``limit``/``continue`` ignored: lists are complete), bookmarks, and most
 built-in defaulting (only the defaults listed in ``defaults.py``).
 """
 

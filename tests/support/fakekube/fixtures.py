@@ -6,6 +6,9 @@
 ``kubeconfig``: a kubeconfig file pointing at it (namespace ``default``).
 ``kube_client``: a ``kubernetes.client.ApiClient`` built from that kubeconfig (not the global one).
 ``kube_crds``: the server with deployments/crds/*.yaml installed through the API.
+``kubectl``: the real kubectl (tests/support/kubebins.py) bound to that kubeconfig:
+``kubectl("apply", "-f", path)`` returns stdout and raises ``KubectlError`` (command, exit
+status, stderr) on failure; ``kubectl.json("get", "pods")``; ``kubectl.fails(...)`` returns stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support import kubebins
 from tests.support.fakekube.kube import FakeKube
 
 CRD_DIR = Path(__file__).resolve().parents[3] / "deployments" / "crds"
@@ -50,3 +54,8 @@ def kube_crds(fakekube: FakeKube) -> FakeKube:
     for path in sorted(CRD_DIR.glob("*.yaml")):
         fakekube.install_crd(path)
     return fakekube
+
+
+@pytest.fixture
+def kubectl(kubeconfig: Path) -> kubebins.Kubectl:
+    return kubebins.Kubectl(kubeconfig, timeout_s=60)

@@ -21,6 +21,9 @@ class ResourceType:
     subresources: tuple[str, ...] = ()          # "status", "log"
     schema: dict[str, Any] | None = None        # openAPIV3Schema (custom resources only)
     categories: tuple[str, ...] = ()
+    # the scale subresource: (specReplicasPath, statusReplicasPath, labelSelectorPath), as in a CRD
+    scale_paths: tuple[str, ...] = ()
+    printer_columns: tuple[Any, ...] = ()       # a CRD version's additionalPrinterColumns (dicts)
 
     @property
     def api_version(self) -> str:
@@ -51,14 +54,18 @@ class ResourceType:
         for sub in self.subresources:
             sub_verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
             sub_kind = "Pod" if sub == "log" else self.kind
-            entries.append({"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
-                            "kind": sub_kind, "verbs": sub_verbs})
+            sub_entry: dict[str, Any] = {"name": f"{self.plural}/{sub}", "singularName": "",
+                                         "namespaced": self.namespaced, "kind": sub_kind, "verbs": sub_verbs}
+            if sub == "scale":    # kubectl scale learns the Scale kind's group/version from here
+                sub_entry.update(group="autoscaling", version="v1", kind="Scale")
+            entries.append(sub_entry)
         return entries
 
 
 def _t(group: str, version: str, plural: str, kind: str, namespaced: bool = True,
        short: tuple[str, ...] = (), subs: tuple[str, ...] = ()) -> ResourceType:
-    return ResourceType(group, version, plural, kind, namespaced, short, subs)
+    scale = (".spec.replicas", ".status.replicas", "") if "scale" in subs else ()
+    return ResourceType(group, version, plural, kind, namespaced, short, subs, scale_paths=scale)
 
 
 BUILTINS: tuple[ResourceType, ...] = (
@@ -71,8 +78,8 @@ BUILTINS: tuple[ResourceType, ...] = (
     _t("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
     _t("", "v1", "events", "Event", True, ("ev",)),
     _t("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), ("status",)),
-    _t("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status",)),
-    _t("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status",)),
+    _t("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",), ("status", "scale")),
+    _t("apps", "v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale")),
     _t("batch", "v1", "jobs", "Job", True, (), ("status",)),
     _t("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     _t("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
@@ -92,13 +99,18 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     for version in spec["versions"]:
         if not version.get("served", True):
             continue
-        subs = ("status",) if "status" in (version.get("subresources") or {}) else ()
+        declared = version.get("subresources") or {}
+        subs = tuple(sub for sub in ("status", "scale") if sub in declared)
+        scale = declared.get("scale") or {}
+        scale_paths = (scale.get("specReplicasPath", ""), scale.get("statusReplicasPath", ""),
+                       scale.get("labelSelectorPath", "")) if "scale" in declared else ()
         schema = ((version.get("schema") or {}).get("openAPIV3Schema")) or {"type": "object",
                                                                             "x-kubernetes-preserve-unknown-fields": True}
         out.append(ResourceType(spec["group"], version["name"], names["plural"], names["kind"],
                                 spec.get("scope", "Namespaced") == "Namespaced",
                                 tuple(names.get("shortNames") or ()), subs, schema,
-                                tuple(names.get("categories") or ())))
+                                tuple(names.get("categories") or ()), scale_paths,
+                                tuple(version.get("additionalPrinterColumns") or ())))
     return out
 
 

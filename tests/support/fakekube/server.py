@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tests.support.fakekube import resources, selectors, store
+from tests.support.fakekube import openapi, resources, selectors, store, tables
 
 CORE_PREFIX = "/api"
 GROUPS_PREFIX = "/apis"
@@ -122,7 +122,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         try:
             self._dispatch(method, parsed.path, query, content_type, body)
         except store.ApiError as err:
-            self._error(err)
+            self._error(_strict_decoding(err, query))
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as err:  # noqa: BLE001 - a bug in the fake: recorded for the test, answered 500
@@ -135,6 +135,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     # ---- routing ----
     def _dispatch(self, method: str, path: str, query: dict[str, str], content_type: str, body: Any) -> None:
         path = path.rstrip("/") or "/"
+        if method == "GET" and (path == "/openapi/v3" or path.startswith("/openapi/v3/")):
+            return self._openapi(path)
         discovery = self._discovery(path) if method == "GET" else None
         if discovery is not None:
             return self._send(200, discovery)
@@ -207,16 +209,45 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             return next((gv for gv in gvs if gv["version"] == version), gvs[0])
         return gvs[0]
 
+    def _openapi(self, path: str) -> None:
+        st = self.kube.store
+        version = self.kube.versions[-1]
+        with st.lock:
+            types = list(st.types)
+        if path == "/openapi/v3":
+            return self._send(200, openapi.root(types, version))
+        parts = path[len("/openapi/v3/"):].split("/")
+        if parts == ["api", "v1"]:
+            doc = openapi.group_version(types, "", "v1", version)
+        elif len(parts) == 3 and parts[0] == "apis":
+            doc = openapi.group_version(types, parts[1], parts[2], version)
+        else:
+            doc = None
+        if doc is None:
+            raise store.ApiError(404, "NotFound", f"no OpenAPI v3 document for {path}")
+        self._send(200, doc)
+
     # ---- verbs ----
     def _get(self, route: Route, query: dict[str, str], content_type: str, body: Any) -> None:
         st = self.kube.store
+        as_table = tables.wants_table(self.headers.get("Accept"))
         if route.name is None:
             if query.get("watch", "").lower() in ("true", "1"):
                 return self._watch(route, query)
-            return self._send(200, self._list(route, query))
+            listed = self._list(route, query)
+            if as_table:
+                return self._send(200, tables.table(route.rtype, listed["items"], listed["metadata"]["resourceVersion"],
+                                                    query.get("includeObject") or "Metadata"))
+            return self._send(200, listed)
         if route.subresource == "log":
             return self._log(route, query)
-        self._send(200, st.get(route.rtype, route.namespace, route.name))
+        if route.subresource == "scale":
+            return self._send(200, st.get_scale(route.rtype, route.namespace, route.name))
+        obj = st.get(route.rtype, route.namespace, route.name)
+        if as_table and route.subresource is None:
+            return self._send(200, tables.table(route.rtype, [obj], obj["metadata"].get("resourceVersion", ""),
+                                                query.get("includeObject") or "Metadata"))
+        self._send(200, obj)
 
     def _predicate(self, query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
         try:
@@ -269,6 +300,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     def _put(self, route: Route, query: dict[str, str], content_type: str, body: Any) -> None:
         if route.name is None or not isinstance(body, dict):
             raise store.ApiError(400, "BadRequest", "PUT needs an object name in the URL and an object body")
+        if route.subresource == "scale":
+            return self._send(200, self.kube.store.update_scale(route.rtype, route.namespace, route.name, body,
+                                                                None, _dry_run(query)))
         self._check_body_type(route, body)
         obj = self.kube.store.replace(route.rtype, route.namespace, route.name, body, route.subresource,
                                       dry_run=_dry_run(query))
@@ -277,6 +311,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     def _patch(self, route: Route, query: dict[str, str], content_type: str, body: Any) -> None:
         if route.name is None:
             raise store.ApiError(405, "MethodNotAllowed", "PATCH needs an object name")
+        if route.subresource == "scale":
+            return self._send(200, self.kube.store.update_scale(route.rtype, route.namespace, route.name, body,
+                                                                content_type, _dry_run(query)))
         force = query.get("force", "").lower() in ("true", "1")
         obj, created = self.kube.store.patch(route.rtype, route.namespace, route.name, body, content_type,
                                              route.subresource, query.get("fieldManager"), force, _dry_run(query))
@@ -312,6 +349,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.wfile.flush()      # the headers now: a client-go reflector waits for them before anything else
         with st.lock:
             since = query.get("resourceVersion") or "0"
             if since == "0":
@@ -353,6 +391,17 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
         if events:
             self.wfile.flush()
+
+
+def _strict_decoding(err: store.ApiError, query: dict[str, str]) -> store.ApiError:
+    """With ``fieldValidation=Strict`` (what kubectl sends), unknown fields answer 400 as a real server's decoder does."""
+    unknown = err.unknown_fields
+    if err.code != 422 or not unknown or query.get("fieldValidation") != "Strict":
+        return err
+    kind, version = err.details.get("kind", ""), err.details_version
+    fields = ", ".join(f'unknown field "{f}"' for f in unknown)
+    return store.ApiError(400, "BadRequest", f'{kind} in version "{version}" cannot be handled as a {kind}: '
+                          f"strict decoding error: {fields}")
 
 
 def _dry_run(query: dict[str, str]) -> bool:

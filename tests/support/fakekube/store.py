@@ -28,6 +28,8 @@ class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+        self.unknown_fields: list[str] = []       # fields the schema does not declare (validation failures)
+        self.details_version = ""
 
     def status_body(self) -> dict[str, Any]:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message,
@@ -147,8 +149,11 @@ class Store:
                     raise validation.Invalid(problem, [{"reason": "FieldValueInvalid", "message": problem,
                                                         "field": problem.split(":")[0]}])
         except validation.Invalid as err:
-            raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {err}',
-                           {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": err.causes}) from None
+            error = ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {err}',
+                             {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": err.causes})
+            error.unknown_fields = err.unknown_fields        # answered 400 under fieldValidation=Strict
+            error.details_version = rtype.version
+            raise error from None
 
     def _check_immutable(self, rtype: resources.ResourceType, obj: dict[str, Any], old: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -184,9 +189,22 @@ class Store:
         meta.pop("managedFields", None)
         defaults.normalize(rtype, obj)
         if old is not None:
-            for field in ("uid", "creationTimestamp", "namespace", "name"):
+            for field in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp",
+                          "deletionGracePeriodSeconds"):
                 if old["metadata"].get(field) is not None:
                     meta[field] = old["metadata"][field]
+                elif field.startswith("deletion"):
+                    meta.pop(field, None)     # set by a delete only, never by a client's write
+            if old["metadata"].get("deletionTimestamp"):
+                added = [f for f in meta.get("finalizers") or [] if f not in (old["metadata"].get("finalizers") or [])]
+                if added:
+                    raise ApiError(422, "Invalid", f'{rtype.kind} "{meta.get("name")}" is invalid: metadata.finalizers: '
+                                   f"Forbidden: no new finalizers can be added if the object is being deleted, "
+                                   f"found new finalizers {added}", {"name": meta.get("name"), "kind": rtype.kind,
+                                                                     "group": rtype.group, "causes": [
+                                       {"reason": "FieldValueForbidden", "field": "metadata.finalizers",
+                                        "message": "Forbidden: no new finalizers can be added if the object is "
+                                        f"being deleted, found new finalizers {added}"}]})
             meta["generation"] = old["metadata"].get("generation", 1)
             if _spec_part(obj) != _spec_part(old):
                 meta["generation"] += 1
@@ -208,6 +226,8 @@ class Store:
             obj["apiVersion"] = f"{rtype.group}/{self._storage_version(rtype)}"
         self.objects[key] = obj
         self._record("ADDED" if old is None else "MODIFIED", key, obj)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._remove(rtype, key, "Background")    # the last finalizer went: the deletion completes
         if rtype.kind == "CustomResourceDefinition" and rtype.group == "apiextensions.k8s.io":
             self._install_crd_types(obj)
         return self._present(rtype, obj)
@@ -392,8 +412,82 @@ class Store:
                 return self._present(rtype, old)
             if propagation is None:
                 propagation = "Orphan" if rtype.kind == "Job" and rtype.group == "batch" else "Background"
+            if old["metadata"].get("finalizers"):
+                return self._mark_deleted(rtype, old, propagation)
             self._remove(rtype, self._key(rtype, namespace, name), propagation)
             return self._present(rtype, old)
+
+    def _mark_deleted(self, rtype: resources.ResourceType, old: dict[str, Any], propagation: str) -> dict[str, Any]:
+        """An object with finalizers: deletionTimestamp set, kept until an update removes the last finalizer.
+
+        Foreground propagation deletes the dependents at once (no ``foregroundDeletion`` finalizer is
+        modelled); Background and Orphan act when the object finally goes.
+        """
+        if old["metadata"].get("deletionTimestamp"):
+            return self._present(rtype, old)
+        obj = copy.deepcopy(old)
+        obj["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        key = self._key(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        self.objects[key] = obj
+        self._record("MODIFIED", key, obj)
+        if propagation == "Foreground":
+            uid = obj["metadata"]["uid"]
+            for k, dep in list(self.objects.items()):
+                if any(o.get("uid") == uid for o in dep["metadata"].get("ownerReferences") or []):
+                    self._remove(self._type_of(k), k, "Foreground")
+        return self._present(rtype, obj)
+
+    # ---- the scale subresource ----
+    def get_scale(self, rtype: resources.ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
+        with self.lock:
+            return self._scale_of(rtype, self._current(rtype, namespace, name))
+
+    def _scale_of(self, rtype: resources.ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        spec_path, status_path, selector_path = (list(rtype.scale_paths) + ["", "", ""])[:3]
+        selector = _dig(obj, selector_path) if selector_path else None
+        if not selector_path and not rtype.custom:
+            selector = selectors_string((obj.get("spec") or {}).get("selector") or {})
+        meta = obj["metadata"]
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": _dig(obj, spec_path) or 0},
+                "status": {"replicas": _dig(obj, status_path) or 0, **({"selector": selector} if selector else {})}}
+
+    def update_scale(self, rtype: resources.ResourceType, namespace: str | None, name: str, body: Any,
+                     content_type: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """PUT (``content_type`` None) or PATCH of ``.../scale``: sets the spec replicas path of the object."""
+        with self.lock:
+            old = self._current(rtype, namespace, name)
+            self._check_conflict_fault(rtype, name)
+            current = self._scale_of(rtype, old)
+            try:
+                if content_type is None:
+                    scale = body
+                elif content_type.startswith("application/json-patch"):
+                    scale = patches.json_patch(current, body)
+                elif content_type.startswith("application/apply-patch"):
+                    raise ApiError(415, "UnsupportedMediaType", "fakekube: server-side apply of /scale is not modelled")
+                else:
+                    scale = patches.merge_patch(current, body)
+            except patches.PatchError as err:
+                raise ApiError(422, "Invalid", str(err)) from None
+            replicas = ((scale or {}).get("spec") or {}).get("replicas") if isinstance(scale, dict) else None
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise ApiError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                               f"{replicas!r}: must be a non-negative integer",
+                               {"name": name, "group": "autoscaling", "kind": "Scale", "causes": [
+                                   {"reason": "FieldValueInvalid", "field": "spec.replicas",
+                                    "message": "must be a non-negative integer"}]})
+            wanted_rv = ((scale.get("metadata") or {}).get("resourceVersion")) if content_type is None else None
+            if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+                raise self._conflict(rtype, name)
+            new = copy.deepcopy(old)
+            _set(new, rtype.scale_paths[0], replicas)
+            stored = self.commit(rtype, new, old, dry_run)
+            return self._scale_of(rtype, stored)
 
     def _remove(self, rtype: resources.ResourceType, key: Key, propagation: str) -> None:
         obj = self.objects.pop(key, None)
@@ -434,6 +528,30 @@ class Store:
 
     def oldest_event_rv(self) -> int:
         return self.events[0][0] if self.events else 0
+
+
+def _dig(obj: Any, path: str) -> Any:
+    """The value at a simple JSON path like ``.spec.replicas`` (None when absent)."""
+    for part in [p for p in path.split(".") if p]:
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    parts = [p for p in path.split(".") if p]
+    for part in parts[:-1]:
+        obj = obj.setdefault(part, {})
+    obj[parts[-1]] = value
+
+
+def selectors_string(selector: dict[str, Any]) -> str:
+    """A LabelSelector as the string a Scale's status.selector carries (``a=b,c in (d,e)``)."""
+    terms = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        op, key, values = expr.get("operator"), expr.get("key"), ",".join(expr.get("values") or [])
+        terms.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "Exists": key,
+                      "DoesNotExist": f"!{key}"}.get(op, key))
+    return ",".join(terms)
 
 
 def _without(config: Any, taken: Any) -> Any:

@@ -26,9 +26,10 @@ import kubernetes_validate
 class Invalid(ValueError):
     """An object that fails validation: answered 422 ``reason: Invalid`` with one cause per error."""
 
-    def __init__(self, message: str, causes: list[dict[str, str]]):
+    def __init__(self, message: str, causes: list[dict[str, str]], unknown_fields: list[str] | None = None):
         super().__init__(message)
         self.causes = causes
+        self.unknown_fields = unknown_fields or []      # paths of fields the schema does not declare
 
 
 def _field_path(path: Any) -> str:
@@ -79,7 +80,13 @@ def validate_builtin(obj: dict[str, Any], versions: tuple[str, ...]) -> None:
             field = _field_path(err.path)
             message = f"{field}: {err.message} (Kubernetes {version} schema)" if field else \
                 f"{err.message} (Kubernetes {version} schema)"
-            raise Invalid(message, [{"reason": "FieldValueInvalid", "message": message, "field": field}]) from None
+            unknown = []
+            if err.validator == "additionalProperties" and err.validator_value is False \
+                    and isinstance(err.instance, dict):
+                names = sorted(set(err.instance) - set((err.schema or {}).get("properties") or {}))
+                unknown = [f"{field}.{n}" if field else n for n in names]
+            raise Invalid(message, [{"reason": "FieldValueInvalid", "message": message, "field": field}],
+                          unknown) from None
         except kubernetes_validate.SchemaNotFoundError as err:
             raise Invalid(err.message, [{"reason": "FieldValueNotSupported", "message": err.message,
                                          "field": "kind"}]) from None
@@ -149,6 +156,7 @@ def validate_custom(obj: dict[str, Any], schema: dict[str, Any]) -> None:
     if not errors:
         return
     causes = []
+    unknown_fields = []
     for err in errors:
         field = _field_path(err.path)
         if err.validator == "additionalProperties" and err.validator_value is False:
@@ -157,6 +165,7 @@ def validate_custom(obj: dict[str, Any], schema: dict[str, Any]) -> None:
                 full = f"{field}.{name}" if field else name
                 causes.append({"reason": "FieldValueInvalid", "field": full,
                                "message": f"{full}: field not declared in schema"})
+                unknown_fields.append(full)
             continue
         causes.append({"reason": "FieldValueInvalid", "field": field, "message": f"{field}: {err.message}"})
-    raise Invalid("; ".join(c["message"] for c in causes), causes)
+    raise Invalid("; ".join(c["message"] for c in causes), causes, unknown_fields)
