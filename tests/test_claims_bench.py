@@ -51,3 +51,13 @@ def test_bench_serving_prints_its_ratio():
     out = bench("serving.py", "--rounds", "1", "--max-tokens", "4", "--requests-per-client", "1", "--concurrency", "1",
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}, timeout=1500)
     assert re.search(rf"^\s+1 \| +\d+\.\d \| +\d+\.\d \| +{RATIO} \|", out, re.M), out
+
+
+def test_bench_datasets_prints_its_ratio_rss_and_resume(tmp_path: Path):
+    out = bench("datasets.py", "--mb", "2", "--runs", "1", "--work", str(tmp_path))
+    assert re.search(rf"^pull: kaiflow \d+ MB/s vs curl -o \d+ MB/s  ratio {RATIO} ", out, re.M), out
+    assert re.search(r"^peak RSS of the pulling process: \d+ MB", out, re.M), out
+    # the cut at 50 % is resumed with a Range request, and the file crosses the wire once
+    assert re.search(r"^resume: cut at 50 %, requests \[\(None, 200\), \('bytes=\d+-', 206\)\], 1\.00x", out, re.M), out
+    assert list(tmp_path.iterdir()) == [], "the bench left files behind"
+
