@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--timezone", help="IANA timezone, e.g. Europe/Berlin (default UTC)")
     sc.add_argument("-f", "--filename", action="append", help="workspace YAML (default: the spec kaiflow apply recorded)")
     sc.add_argument("--platform", choices=platforms.NAMES, help="default: the worker's $KAIFLOW_PLATFORM")
+    from flows import controller
+
+    controller.add_parser(sub)
     for command in sub.choices.values():  # `kaiflow apply --debug` as well as `kaiflow --debug apply`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
@@ -255,6 +258,7 @@ COMMANDS = {
     "deploy": _lazy("flows.deployments", "cmd_deploy"),
     "server": _lazy("flows.server", "cmd_server"),
     "schedule": _lazy("flows.deployments", "cmd_schedule"),
+    "controller": _lazy("flows.controller", "cmd_controller"),
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,478 @@
+"""`kaiflow controller`: `kubectl apply -f workspace.yaml` starts the `workspace` flow, as with Kaito.
+
+The controller watches Workspace resources (``infra.kube.watch``: list, then watch from the list's
+resourceVersion, a re-list on 410 and every ``resync_s``) and reconciles each one it is told about,
+keyed by namespace/name, one at a time, in one thread:
+
+    seen, no finalizer ───────► add ``kaiflow.io/teardown`` and the accepted spec (annotation)
+    generation > observed ────► a change Kaito forbids (preset, instanceType, labelSelector, count,
+                                inference/tuning toggled, tuning method)? refuse: condition
+                                SpecAccepted=False, observedGeneration = generation, no run
+                           └──► create a run of the ``workspace/workspace`` deployment, idempotency
+                                key ``<uid>-<generation>``; when it is final: observedGeneration =
+                                generation (and WorkspaceReady=False if the run died without saying)
+    deletionTimestamp set ────► a run of ``teardown/teardown`` (key ``<uid>-teardown-<n>``); when it
+                                completed and no NodeClaim of the workspace is left: drop the finalizer
+
+Why this is restart-safe: everything the controller knows is on the resource (finalizer,
+observedGeneration, the accepted spec) or in Prefect (the run behind an idempotency key: creating it
+again returns the same run). A controller killed between creating a run and writing
+observedGeneration creates the "same" run again on restart and gets the first one back.
+
+Where the work runs: in the flow runs, on whatever worker serves the deployment's work pool (a
+process worker from ``kaiflow server``, or a Kubernetes pool). The flow writes the conditions to the
+resource as it goes (``infra.kube.crstatus``); ``kaiflow apply`` runs the very same flow.
+
+Leader election (``infra.kube.lease``): with two replicas only the Lease holder watches and acts;
+one that loses its Lease exits (its Deployment restarts it as a follower).
+
+Why not kopf: kopf's peering is its own CRD (KopfPeering), not a ``coordination.k8s.io`` Lease; it
+keeps its progress in annotations of its own and retries handlers by its own rules, where the state
+here is the generation and Prefect's idempotency key; it talks to the API with aiohttp, past the
+``kubernetes`` client that kaiflow configures, retries and classifies in one place
+(``infra.kube.client``). The watch loop, finalizer and Lease here are ~400 lines over that client.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workspace.errors import KaiflowError, SpecError
+
+log = logging.getLogger("kaiflow.controller")
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SPEC_ACCEPTED = "SpecAccepted"
+
+
+# --- what Kaito forbids changing (kaito-project/kaito api/v1alpha1/workspace_validation.go, validateUpdate) ---
+
+
+def immutable_view(obj: dict) -> dict[str, Any]:
+    """The fields Kaito's admission webhook refuses to change on update, as they are in ``obj``."""
+    r = obj.get("resource") or {}
+    inf = obj.get("inference")
+    tun = obj.get("tuning")
+    sel = r.get("labelSelector") or {}
+    labels = dict(sel.get("matchLabels") or {})
+    for e in sel.get("matchExpressions") or []:  # Kaito compares LabelSelectorAsMap: `In` with one value
+        if e.get("operator") == "In" and len(e.get("values") or []) == 1:
+            labels[e["key"]] = e["values"][0]
+        else:
+            labels[f"{e.get('key')} {e.get('operator')}"] = ",".join(e.get("values") or [])
+    view: dict[str, Any] = {"resource.instanceType": r.get("instanceType"), "resource.count": r.get("count", 1),
+                            "resource.labelSelector": labels, "inference": inf is not None, "tuning": tun is not None}
+    if inf is not None:
+        view["inference.preset"] = inf.get("preset")
+        view["inference.template"] = inf.get("template") is not None
+    if tun is not None:
+        view["tuning.preset"] = tun.get("preset")
+        view["tuning.method"] = str(tun.get("method") or "").lower()
+        view["tuning.input.name"] = (tun.get("input") or {}).get("name")
+    return view
+
+
+def refused_changes(accepted: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per forbidden change from ``accepted`` to ``now``, saying what to do."""
+    out = []
+    for key in ("inference", "tuning"):
+        if accepted.get(key) != now.get(key):
+            out.append(f"{key}: cannot be added or removed once the workspace exists (Kaito refuses it too)")
+    for key, value in now.items():
+        if key in ("inference", "tuning") or key not in accepted or accepted[key] == value:
+            continue
+        out.append(f"{key}: field is immutable (was {json.dumps(accepted[key])}, now {json.dumps(value)})")
+    return out
+
+
+def workspace_parameters(obj: dict) -> dict[str, Any]:
+    """The flow's ``workspace`` parameter from a Workspace resource: the user's fields only (no
+    server fields, finalizers, kubectl's last-applied copy or the controller's annotations);
+    SpecError naming the field when the resource does not make a valid workspace."""
+    from workspace import loader
+
+    m = obj.get("metadata") or {}
+    notes = {k: v for k, v in (m.get("annotations") or {}).items() if k != LAST_APPLIED and not k.startswith("kaiflow.io/accepted")}
+    meta = {k: v for k, v in {"name": m.get("name"), "namespace": m.get("namespace"), "labels": m.get("labels") or None,
+                              "annotations": notes or None}.items() if v}
+    body = {"apiVersion": obj.get("apiVersion"), "kind": "Workspace", "metadata": meta,
+            **{k: obj[k] for k in ("resource", "inference", "tuning") if obj.get(k) is not None}}
+    ws = loader.parse_workspace(body, source=f"workspace {m.get('namespace', '')}/{m.get('name', '')}")
+    return ws.to_parameters()
+
+
+# --- the controller ------------------------------------------------------------------------
+
+
+@dataclass
+class Tracked:
+    """A flow run the controller started (or found again) for one workspace."""
+
+    idempotency_key: str
+    run_id: str
+    purpose: str  # "apply" | "teardown"
+    generation: int
+    state: str = "SCHEDULED"
+    message: str = ""
+
+
+@dataclass
+class Options:
+    deployment: str = "workspace/workspace"
+    teardown_deployment: str = "teardown/teardown"
+    api_version: str = "kaito.sh/v1alpha1"
+    namespaces: tuple[str, ...] = ()
+    platform: str | None = "kubernetes"
+    resync_s: float = 300.0
+    poll_s: float = 2.0
+    requeue_s: float = 2.0
+    max_backoff_s: float = 30.0
+    lease_name: str | None = "kaiflow-controller"
+    lease_namespace: str | None = None
+    lease_s: int = 15
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Controller:
+    def __init__(self, kube: Any, prefect: Any, options: Options, stop: threading.Event | None = None) -> None:
+        from infra.kube import watch
+
+        self.kube = kube
+        self.prefect = prefect  # a SyncPrefectClient, used from the reconciling thread only
+        self.o = options
+        self.stop = stop or threading.Event()
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.tracked: dict[tuple[str, str], Tracked] = {}
+        self.failures: dict[tuple[str, str], int] = {}
+        self.teardown_attempts: dict[str, int] = {}
+        self._queue: list[tuple[float, tuple[str, str]]] = []
+        self._due: dict[tuple[str, str], float] = {}
+        self._cv = threading.Condition()
+        self._deployment_ids: dict[str, Any] = {}
+        self.runs_created: set[str] = set()
+        self.watcher = watch.Watcher(kube, options.api_version, "Workspace", self.on_event, namespaces=options.namespaces,
+                                     resync_s=options.resync_s, stop=self.stop)
+
+    # -- events in -------------------------------------------------------------------------
+    def on_event(self, kind: str, obj: dict) -> None:
+        from infra.kube import watch
+
+        key = watch.object_key(obj)
+        with self._cv:
+            if kind == "DELETED":
+                gone = self.objects.pop(key, None)
+                uid = (obj.get("metadata") or {}).get("uid")
+                if gone is not None and uid and self._needs_teardown_after_delete(obj):
+                    self.objects[key] = {**obj, "_deleted": True}
+                else:
+                    return
+            else:
+                self.objects[key] = obj
+        self.enqueue(key)
+
+    def _needs_teardown_after_delete(self, obj: dict) -> bool:
+        """Gone without our finalizer having run (a server or a user that removed it): tear down anyway."""
+        from infra.kube import crcontrol
+
+        return crcontrol.has_finalizer(obj)
+
+    def enqueue(self, key: tuple[str, str], delay: float = 0.0) -> None:
+        due = time.monotonic() + delay
+        with self._cv:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._queue, (due, key))
+            self._cv.notify()
+
+    def _next_due(self, wait_s: float) -> tuple[str, str] | None:
+        with self._cv:
+            deadline = time.monotonic() + wait_s
+            while not self.stop.is_set():
+                while self._queue and self._due.get(self._queue[0][1]) != self._queue[0][0]:
+                    heapq.heappop(self._queue)  # superseded by an earlier due time
+                now = time.monotonic()
+                if self._queue and self._queue[0][0] <= now:
+                    _, key = heapq.heappop(self._queue)
+                    self._due.pop(key, None)
+                    return key
+                until = min(deadline, self._queue[0][0]) if self._queue else deadline
+                if now >= deadline:
+                    return None
+                self._cv.wait(max(0.0, until - now))
+        return None
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Watch and reconcile until ``stop``."""
+        thread = threading.Thread(target=self.watcher.run, name="watch-workspaces", daemon=True)
+        thread.start()
+        next_poll = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now >= next_poll:
+                    self.poll_runs()
+                    next_poll = time.monotonic() + self.o.poll_s
+                key = self._next_due(max(0.0, next_poll - time.monotonic()))
+                if key is not None:
+                    self.reconcile_safely(key)
+        finally:
+            self.stop.set()
+            thread.join(timeout=5)
+
+    def reconcile_safely(self, key: tuple[str, str]) -> None:
+        try:
+            again = self.reconcile(key)
+            self.failures.pop(key, None)
+        except Exception as exc:  # noqa: BLE001 - one workspace's fault never stops the others
+            n = self.failures[key] = self.failures.get(key, 0) + 1
+            again = min(self.o.requeue_s * 2 ** (n - 1), self.o.max_backoff_s)
+            conflict = isinstance(exc, KaiflowError) and exc.reason == "Conflict"
+            (log.info if conflict else log.warning)("workspace %s/%s: %s: %s; again in %.1f s", *key, type(exc).__name__,
+                                                    exc, again)
+        if again is not None:
+            self.enqueue(key, again)
+
+    def reconcile(self, key: tuple[str, str]) -> float | None:
+        """Act on one workspace; returns when to look again (None: when it changes)."""
+        from infra.kube import crcontrol
+
+        with self._cv:
+            obj = self.objects.get(key)
+        if obj is None:
+            return None
+        m = obj["metadata"]
+        uid, gen = m.get("uid", ""), int(m.get("generation") or 1)
+        if obj.get("_deleted") or m.get("deletionTimestamp"):
+            return self._finalize(key, obj)
+        if not crcontrol.has_finalizer(obj):
+            accepted = None if crcontrol.accepted_spec(obj) else immutable_view(obj)
+            obj = self._store(key, crcontrol.add_finalizer(self.kube, obj, accepted))
+        observed = int((obj.get("status") or {}).get("observedGeneration") or 0)
+        if gen <= observed:
+            return None
+        accepted_view = crcontrol.accepted_spec(obj)
+        refused = refused_changes(accepted_view, immutable_view(obj)) if accepted_view else []
+        if refused:
+            log.warning("workspace %s/%s generation %d refused: %s", *key, gen, "; ".join(refused))
+            crcontrol.set_condition(self.kube, obj, SPEC_ACCEPTED, False, "ImmutableFieldChanged",
+                                    "; ".join(refused) + ". Put the old values back, or delete the workspace and apply "
+                                    "it again to change them.", gen)
+            crcontrol.set_observed_generation(self.kube, obj, gen)
+            return None
+        try:
+            params = workspace_parameters(obj)
+        except SpecError as exc:
+            crcontrol.set_condition(self.kube, obj, "WorkspaceReady", False, "InvalidSpec", str(exc), gen)
+            crcontrol.set_observed_generation(self.kube, obj, gen)
+            return None
+        from workspace import settings
+
+        parameters: dict[str, Any] = {"workspace": params, "config_maps": {}}
+        if self.o.platform:
+            parameters["platform"] = self.o.platform
+        passed = settings.for_run()
+        if passed:
+            parameters["run_settings"] = passed
+        run = self._ensure_run(key, "apply", f"{uid}-{gen}", gen, self.o.deployment, parameters, m["name"])
+        if accepted_view != immutable_view(obj):
+            self._store(key, crcontrol.set_accepted(self.kube, obj, immutable_view(obj)))
+        if run.state not in FINAL:
+            return None  # poll_runs enqueues it when the run is final
+        if run.state != "COMPLETED":
+            conds = {c.get("type"): c.get("status") for c in (obj.get("status") or {}).get("conditions") or []}
+            if conds.get("WorkspaceReady") != "False":
+                crcontrol.set_condition(self.kube, obj, "WorkspaceReady", False, "FlowRun" + run.state.capitalize(),
+                                        f"flow run {run.run_id} ended {run.state}: {run.message}".strip(), gen)
+        crcontrol.set_observed_generation(self.kube, obj, gen)
+        log.info("workspace %s/%s generation %d: flow run %s %s", *key, gen, run.run_id, run.state)
+        with self._cv:
+            self.tracked.pop(key, None)
+        return None
+
+    def _finalize(self, key: tuple[str, str], obj: dict) -> float | None:
+        from infra.kube import crcontrol
+
+        m = obj["metadata"]
+        uid = m.get("uid", "")
+        if not crcontrol.has_finalizer(obj):
+            return None
+        attempt = self.teardown_attempts.get(uid, 0)
+        run = self._ensure_run(key, "teardown", f"{uid}-teardown-{attempt}", int(m.get("generation") or 1),
+                               self.o.teardown_deployment, {"name": m["name"]}, m["name"])
+        if run.state not in FINAL:
+            return None
+        if run.state != "COMPLETED":
+            log.warning("workspace %s/%s: teardown run %s ended %s; trying again", *key, run.run_id, run.state)
+            self.teardown_attempts[uid] = attempt + 1
+            with self._cv:
+                self.tracked.pop(key, None)
+            return self.o.requeue_s
+        left = crcontrol.nodeclaims_left(self.kube, obj)
+        if left:
+            log.info("workspace %s/%s: waiting for NodeClaims %s to go", *key, ", ".join(left))
+            return self.o.requeue_s
+        if not obj.get("_deleted"):
+            crcontrol.remove_finalizer(self.kube, obj)
+        log.info("workspace %s/%s: torn down (run %s); finalizer removed", *key, run.run_id)
+        with self._cv:
+            self.tracked.pop(key, None)
+            if self.objects.get(key, {}).get("metadata", {}).get("uid") == uid:
+                self.objects.pop(key, None)
+        return None
+
+    def _store(self, key: tuple[str, str], obj: dict) -> dict:
+        with self._cv:
+            current = self.objects.get(key)
+            newer = current is None or int(current["metadata"].get("resourceVersion") or 0) <= int(
+                obj["metadata"].get("resourceVersion") or 0)
+            if newer:
+                self.objects[key] = obj
+        return obj
+
+    # -- Prefect ---------------------------------------------------------------------------
+    def _deployment_id(self, name: str) -> Any:
+        if name not in self._deployment_ids:
+            self._deployment_ids[name] = self.prefect.read_deployment_by_name(name).id
+        return self._deployment_ids[name]
+
+    def _ensure_run(self, key: tuple[str, str], purpose: str, idem: str, gen: int, deployment: str,
+                    parameters: dict, name: str) -> Tracked:
+        with self._cv:
+            known = self.tracked.get(key)
+        if known and known.idempotency_key == idem:
+            return known
+        run = self.prefect.create_flow_run_from_deployment(
+            self._deployment_id(deployment), parameters=parameters, idempotency_key=idem,
+            tags=["kaiflow", f"workspace:{name}", "controller"])
+        state = run.state.type.value if run.state else "SCHEDULED"
+        tracked = Tracked(idem, str(run.id), purpose, gen, state, (run.state.message or "") if run.state else "")
+        with self._cv:
+            self.tracked[key] = tracked
+        if str(run.id) not in self.runs_created:
+            self.runs_created.add(str(run.id))
+            log.info("workspace %s/%s generation %d: %s run %s %s (%s) %s", *key, gen, purpose, run.name, run.id, deployment, state)
+        return tracked
+
+    def poll_runs(self) -> None:
+        """One read of every tracked run that is not final; the workspaces whose run ended are looked at again."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        with self._cv:
+            open_runs = {t.run_id: k for k, t in self.tracked.items() if t.state not in FINAL}
+        if not open_runs:
+            return
+        try:
+            runs = self.prefect.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(open_runs))))
+        except Exception as exc:  # noqa: BLE001 - the Prefect server down for a while: ask again next round
+            log.warning("could not read %d flow run(s) from Prefect: %s", len(open_runs), exc)
+            return
+        for run in runs:
+            key = open_runs.get(str(run.id))
+            state = run.state.type.value if run.state else "SCHEDULED"
+            with self._cv:
+                t = self.tracked.get(key) if key else None
+                if t is None or t.run_id != str(run.id):
+                    continue
+                t.state, t.message = state, (run.state.message or "") if run.state else ""
+            if state in FINAL and key:
+                self.enqueue(key)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def _lease_namespace(kube: Any) -> str:
+    from infra.kube import client as kclient
+
+    return kclient.SA_NAMESPACE.read_text().strip() if kclient.SA_NAMESPACE.is_file() else kube.default_namespace
+
+
+def serve(options: Options, *, install_signals: bool = True) -> int:
+    """Lead (or wait to), then watch and reconcile until SIGTERM/SIGINT; exits 1 when leadership is lost."""
+    from prefect.client.orchestration import get_client
+
+    from infra.kube import client as kclient
+    from infra.kube import lease
+    from workspace import settings
+
+    kube = kclient.connect(settings.load())
+    stop = threading.Event()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    elector = None
+    if options.lease_name:
+        ns = options.lease_namespace or _lease_namespace(kube)
+        elector = lease.LeaderElector(kube, ns, options.lease_name, options.identity, lease_s=options.lease_s,
+                                      renew_s=max(1.0, options.lease_s / 3), retry_s=max(0.5, options.lease_s / 6), stop=stop)
+        threading.Thread(target=elector.run, name="lease", daemon=True).start()
+        log.info("controller %s: waiting to lead (Lease %s/%s)", options.identity, ns, options.lease_name)
+        while not stop.is_set() and not elector.leading.wait(0.5):
+            pass
+        if stop.is_set():
+            return 0
+    with get_client(sync_client=True) as prefect:
+        ctl = Controller(kube, prefect, options, stop)
+        if elector is not None:
+            threading.Thread(target=lambda: (elector.lost.wait(), stop.set()), name="lease-lost", daemon=True).start()
+        log.info("controller %s: leading; watching %s Workspaces in %s", options.identity, options.api_version,
+                 ", ".join(options.namespaces) or "all namespaces")
+        ctl.run()
+    if elector is not None:
+        if elector.lost.is_set():
+            log.error("controller %s: lost the Lease; exiting so a follower leads", options.identity)
+            return 1
+        elector.release()
+    return 0
+
+
+def cmd_controller(args) -> int:
+    """kaiflow controller [--namespace NS ...] [--lease-name NAME] ..."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    platform = args.platform
+    if platform is None:
+        from workspace import settings
+
+        configured = settings.load().platform
+        platform = configured if configured != "local" else "kubernetes"
+    options = Options(deployment=args.deployment, teardown_deployment=args.teardown_deployment, api_version=args.api_version,
+                      namespaces=tuple(args.namespace or ()), platform=platform, resync_s=args.resync, poll_s=args.poll,
+                      lease_name=None if args.no_leader_election else args.lease_name, lease_namespace=args.lease_namespace,
+                      lease_s=args.lease_duration)
+    if args.identity:
+        options.identity = args.identity
+    if not os.environ.get("PREFECT_API_URL"):
+        raise KaiflowError("kaiflow controller needs PREFECT_API_URL: the Prefect server whose `workspace` deployment it "
+                           "runs (kaiflow server prints it)")
+    return serve(options)
+
+
+def add_parser(sub: Any) -> None:
+    c = sub.add_parser("controller", help="watch Workspace resources and run the workspace flow for each change (Kaito drop-in)")
+    c.add_argument("--namespace", action="append", help="watch only this namespace (repeatable; default: all)")
+    c.add_argument("--api-version", default="kaito.sh/v1alpha1", choices=["kaito.sh/v1alpha1", "kaito.sh/v1beta1"],
+                   help="the version to watch (both are one resource on the server: either sees every workspace)")
+    c.add_argument("--deployment", default="workspace/workspace", help="the Prefect deployment a change runs")
+    c.add_argument("--teardown-deployment", default="teardown/teardown", help="the Prefect deployment a deletion runs")
+    c.add_argument("--platform", choices=["kubernetes", "aks"], help="default: $KAIFLOW_PLATFORM, else kubernetes")
+    c.add_argument("--resync", type=float, default=300.0, metavar="S", help="list everything again every S seconds")
+    c.add_argument("--poll", type=float, default=2.0, metavar="S", help="read the state of running flow runs every S seconds")
+    c.add_argument("--lease-name", default="kaiflow-controller", help="the coordination.k8s.io Lease of the leader")
+    c.add_argument("--lease-namespace", help="default: the service account's namespace, else the context's")
+    c.add_argument("--lease-duration", type=int, default=15, metavar="S", help="a dead leader is replaced after S seconds")
+    c.add_argument("--no-leader-election", action="store_true", help="run without a Lease (one replica only)")
+    c.add_argument("--identity", help="the Lease holder's name (default: $POD_NAME, else host-pid)")
