@@ -21,40 +21,12 @@ import httpx
 import pytest
 
 from tests.support import fileserver
+from tests.support.workspaces import QA_PAIRS, SHORT_TUNING_WITH_EVAL
 
 KAIFLOW = str(Path(sys.executable).parent / "kaiflow")
 NAME = "tty-tune"
-PAIRS = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "Shakespeare."),
-         ("What colour is the sky?", "Blue."), ("Which planet is red?", "Mars."),
-         ("How many legs does a spider have?", "Eight."), ("What is two plus two?", "Four."),
-         ("What do bees make?", "Honey."), ("Which animal barks?", "A dog.")]
-BUNDLE = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}-config}}
-data:
-  training_config.yaml: |
-    training_config:
-      TrainingArguments:
-        max_steps: 12
-        logging_steps: 2
-        save_steps: 4
-        eval_strategy: steps
-        eval_steps: 4
-      DatasetConfig:
-        train_test_split: 0.75
----
-apiVersion: kaito.sh/v1beta1
-kind: Workspace
-metadata: {{name: {name}}}
-resource: {{instanceType: local}}
-tuning:
-  preset: {{name: tiny-phi-3}}
-  method: qlora
-  config: {name}-config
-  input: {{urls: ["{url}"]}}
-  output: {{image: "adapters/{name}:1"}}
-"""
+PAIRS = QA_PAIRS
+BUNDLE = SHORT_TUNING_WITH_EVAL  # the same run the UI-artifact test looks at in the browser
 FAILING = """
 apiVersion: kaito.sh/v1beta1
 kind: Workspace

@@ -22,34 +22,23 @@ import pytest
 from flows import teardown
 from infra import records
 from tests.deployments.conftest import deployment, tiny_workspace, wait_run
+from tests.support import workspaces
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
 NAME_HELP = "Workspace name: lowercase letters, digits"  # the metadata.name field's description in the form
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with workspaces.chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)  # a loaded 2-core machine renders the big form slowly
-    yield pg
-    context.close()
+    with workspaces.browser_page(browser) as pg:
+        yield pg
 
 
 @contextlib.contextmanager

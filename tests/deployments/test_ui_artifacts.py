@@ -12,75 +12,32 @@ writes it. Screenshots are kept in the test's tmp folder (printed with ``-s``).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import fileserver
+from tests.support import fileserver, workspaces
+from tests.support.workspaces import QA_PAIRS as PAIRS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
 NAME = "ui-loss-curve"
-PAIRS = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "Shakespeare."),
-         ("What colour is the sky?", "Blue."), ("Which planet is red?", "Mars."),
-         ("How many legs does a spider have?", "Eight."), ("What is two plus two?", "Four."),
-         ("What do bees make?", "Honey."), ("Which animal barks?", "A dog.")]
-# few steps, a loss every 2, an eval split evaluated every 4 steps: a curve with eval points in ~20 s of training
-BUNDLE = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: {name}-config}}
-data:
-  training_config.yaml: |
-    training_config:
-      TrainingArguments:
-        max_steps: 12
-        logging_steps: 2
-        save_steps: 4
-        eval_strategy: steps
-        eval_steps: 4
-      DatasetConfig:
-        train_test_split: 0.75
----
-apiVersion: kaito.sh/v1beta1
-kind: Workspace
-metadata: {{name: {name}}}
-resource: {{instanceType: local}}
-tuning:
-  preset: {{name: tiny-phi-3}}
-  method: qlora
-  config: {name}-config
-  input: {{urls: ["{url}"]}}
-  output: {{image: "adapters/{name}:1"}}
-"""
+BUNDLE = workspaces.SHORT_TUNING_WITH_EVAL
 ENV = {"KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_RETRY_BACKOFF_S": "0.2", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with workspaces.chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)  # a loaded 2-core machine renders slowly
-    yield pg
-    context.close()
+    with workspaces.browser_page(browser) as pg:
+        yield pg
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +48,15 @@ def tuned_run(prefect_api, tiny_model, tmp_path_factory):
     from infra import records
     from workspace import loader
 
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    srv = fileserver.FileServer(tmp_path_factory.mktemp("www"))
-    srv.__enter__()
-    try:
-        fileserver.write_qa_jsonl(srv.root / "qa.jsonl", PAIRS)
-        bundle = loader.load_text(BUNDLE.format(name=NAME, url=srv.url_for("qa.jsonl")), source=f"{NAME}.yaml")
-        workspace_flow(workspace=bundle.workspaces[0], config_maps=bundle.config_maps, platform="local")
-        yield records.load(NAME).last_flow_run
-    finally:
-        if records.load(NAME):
-            teardown.delete_workspace(NAME)
-        srv.__exit__(None, None, None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with workspaces.environ(ENV), fileserver.FileServer(tmp_path_factory.mktemp("www")) as srv:
+        try:
+            fileserver.write_qa_jsonl(srv.root / "qa.jsonl", PAIRS)
+            bundle = loader.load_text(BUNDLE.format(name=NAME, url=srv.url_for("qa.jsonl")), source=f"{NAME}.yaml")
+            workspace_flow(workspace=bundle.workspaces[0], config_maps=bundle.config_maps, platform="local")
+            yield records.load(NAME).last_flow_run
+        finally:
+            if records.load(NAME):
+                teardown.delete_workspace(NAME)
 
 
 def artifact(api: str, key: str) -> dict:

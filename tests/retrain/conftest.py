@@ -4,12 +4,11 @@ images in the on-disk OCI layout, and one torch thread for every program the flo
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
 
-from tests.support import fileserver
+from tests.support import fileserver, workspaces
 
 ENV = {
     "KAIFLOW_ALLOW_PRIVATE_URLS": "true",
@@ -59,17 +58,8 @@ INFERENCE = """inference:
 @pytest.fixture(scope="module")
 def retrain_env(prefect_api, tiny_model, tmp_path_factory):
     """Environment for in-process flow runs; yields the file server serving ``www/``."""
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    srv = fileserver.FileServer(tmp_path_factory.mktemp("www"))
-    srv.__enter__()
-    yield srv
-    srv.__exit__(None, None, None)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with workspaces.environ(ENV), fileserver.FileServer(tmp_path_factory.mktemp("www")) as srv:
+        yield srv
 
 
 def load_workspace(name: str, url: str, *, inference: bool):
