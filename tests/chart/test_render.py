@@ -258,3 +258,15 @@ def test_default_render_is_what_the_loose_manifests_create_but_for_the_pinned_di
     by_key = {_key(o): o for o in loose}
     for o in chart:
         assert o == by_key[_key(o)], f"{_key(o)} differs from the loose manifest"
+
+
+def test_the_packaged_chart_carries_the_linked_crds_and_template(tmp_path):
+    """files/crds and files/work-pools are links into deployments/: `helm package` must copy what
+    they point at, so a chart pushed to a registry renders the same objects as this folder."""
+    r = helm_run("package", str(CHART), "-d", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (tgz,) = tmp_path.glob("kaiflow-*.tgz")
+    args = VARIANTS["karpenter-worker-nodeclaim"]
+    r = helm_run("template", "kaiflow", str(tgz), "-n", NAMESPACE, *args)
+    assert r.returncode == 0, r.stderr
+    assert [d for d in yaml.safe_load_all(r.stdout) if d] == render(*args)
