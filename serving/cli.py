@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from serving import adapters, config, errors
+from serving import adapters, config, errors, multinode
 
 log = logging.getLogger("serving")
 
@@ -42,7 +42,8 @@ def build_engine(cfg: config.ServerConfig):  # -> base.Engine (lazy import keeps
     from serving import engines
 
     ranks = [adapters.max_rank(adapters.read_config(adapters.adapter_dir(s.path))) for s in cfg.adapters]
-    engine = engines.select(cfg.engine, cfg.model_path, engine_args=cfg.vllm_args, enable_lora=cfg.enable_lora,
+    engine_name = "vllm" if cfg.group is not None else cfg.engine  # a group is vLLM's
+    engine = engines.select(engine_name, cfg.model_path, engine_args=cfg.vllm_args, enable_lora=cfg.enable_lora,
                             adapter_ranks=ranks, adapters_at_start=len(cfg.adapters))
     if engine.name == "vllm":
         engine.engine_args()  # refuse an unknown vllm: key now, not after the model loads
@@ -55,6 +56,8 @@ def run(cfg: config.ServerConfig) -> int:
     from serving import app as app_module
 
     engine = build_engine(cfg)
+    if cfg.group is not None and not cfg.group.leader:
+        return multinode.run_worker(engine, cfg.group, cfg.host, cfg.port)  # a pipeline stage: no API on this node
     app = app_module.create_app(cfg, engine)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                                            access_log=False, timeout_graceful_shutdown=10))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving import adapters, errors
+from serving import adapters, errors, multinode
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ServerConfig:
     max_request_bytes: int = MAX_REQUEST_BYTES
     enable_lora: bool = True
     log_level: str = "info"
+    group: multinode.Group | None = None  # several nodes serve one model (`serving.multinode`)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest request body accepted; larger ones get 413 (default {MAX_REQUEST_BYTES}, 4 MiB)")
     p.add_argument("--no-lora", dest="enable_lora", action="store_false",
                    help="vLLM: start without LoRA support (slightly faster; adapters cannot be loaded later)")
+    g = p.add_argument_group("multi-node", "one model over several nodes: node rank 0 serves the API, the others run "
+                             "pipeline stages (see serving.multinode); every node gets the same command line")
+    g.add_argument("--nnodes", type=int, default=1, help="nodes in the group (default 1: no group)")
+    g.add_argument("--node-rank", default="0", metavar="N|auto",
+                   help="this node's rank; auto: $POD_INDEX, else the host name's -<ordinal> (a StatefulSet pod)")
+    g.add_argument("--master-addr", metavar="HOST", help="the leader's address (node rank 0)")
+    g.add_argument("--master-port", type=int, default=multinode.DEFAULT_MASTER_PORT, metavar="PORT",
+                   help=f"the leader's rendezvous port (default {multinode.DEFAULT_MASTER_PORT})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -85,6 +94,11 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
     vllm_args = preset_vllm_args(ns.model)
     for path in ns.config:
         vllm_args.update(load_vllm_args(path))
+    group = multinode.group_from(ns.nnodes, ns.node_rank, ns.master_addr, ns.master_port)
+    if group is not None:
+        if ns.engine == "transformers":
+            raise errors.ConfigError("--nnodes > 1 needs the vLLM engine; the transformers engine serves on one node")
+        vllm_args = multinode.layout_args(group, vllm_args)
     template = vllm_args.get("chat-template", vllm_args.get("chat_template"))
     if template is not None and not Path(str(template)).is_file():
         raise errors.ConfigError(f"--config {', '.join(map(str, ns.config))}: vllm: chat-template {template} is not a file")
@@ -109,6 +123,7 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         max_request_bytes=ns.max_request_bytes,
         enable_lora=ns.enable_lora,
         log_level=ns.log_level,
+        group=group,
     )
 
 

@@ -25,7 +25,7 @@ import logging
 import os
 from typing import Any, AsyncIterator
 
-from serving import errors
+from serving import errors, multinode
 from serving.engines import base, lifeline
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class VllmEngine:
         # start-up blocks for tens of seconds: off the event loop, so /health answers 503 meanwhile
         loop = asyncio.get_running_loop()
         self._llm = await loop.run_in_executor(self._owner, AsyncLLM.from_engine_args, args)
+        if self._kwargs.get("worker_extension_cls") == multinode.STAGE_EXTENSION:
+            await multinode.prepare_stages(self._llm)
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.capacity = int(self._llm.vllm_config.scheduler_config.max_num_seqs)
         lora_config = self._llm.vllm_config.lora_config
