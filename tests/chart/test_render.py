@@ -210,26 +210,27 @@ def _key(o: dict) -> tuple[str, str, str]:
 
 
 def test_default_render_is_what_the_loose_manifests_create_but_for_the_pinned_differences():
-    """`helm template kaiflow deployments/chart -n kaiflow-system --set workspaceNamespaces={default}`
-    against `kubectl apply -f deployments/crds -f deployments/rbac.yaml -f deployments/controller.yaml`.
+    """`helm template kaiflow deployments/chart -n kaiflow-system` (the default values) against
+    `kubectl apply -f deployments/crds -f deployments/rbac.yaml -f deployments/controller.yaml`.
 
     Pinned differences (README "Install on a cluster"):
     1. the chart makes no Namespace (`helm install --create-namespace`) and no NodeClaim CRD unless
        crds.nodeClaim=true (Karpenter's chart owns it);
-    2. the flow runs' ServiceAccount `kaiflow` lives in the release namespace (where the worker starts
-       their Jobs), not in `default`; its Roles stay in the workspace namespaces;
+    2. the flow runs' ServiceAccount `kaiflow` and its Role/RoleBinding are in the release namespace
+       (where the worker starts their Jobs; workspaceNamespaces adds Roles elsewhere), not in
+       `default` as in rbac.yaml;
     3. Helm's labels on every object, helm.sh/resource-policy: keep on the CRDs;
     4. the controller gets `--lease-duration` (the Lease's own duration, so the two cannot drift) and
-       the KAIFLOW_* settings (platform, provisioner, image, GPU quota) it passes with each run.
+       the KAIFLOW_* settings (platform, provisioner, image, GPU limit) it passes with each run.
     """
-    chart = render("--set", "workspaceNamespaces={default}")
+    chart = render()
     loose = _loose()
     # 1.
     assert [o["metadata"]["name"] for o in loose if o["kind"] == "Namespace"] == [NAMESPACE]
     loose = [o for o in loose if o["kind"] != "Namespace" and o["metadata"]["name"] != "nodeclaims.karpenter.sh"]
     # 2.
     for o in loose:
-        if _key(o) == ("ServiceAccount", "default", "kaiflow"):
+        if o["metadata"]["name"] == "kaiflow" and o["metadata"].get("namespace") == "default":
             o["metadata"]["namespace"] = NAMESPACE
         if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and o["metadata"]["name"] == "kaiflow":
             o["subjects"][0]["namespace"] = NAMESPACE
@@ -270,3 +271,20 @@ def test_the_packaged_chart_carries_the_linked_crds_and_template(tmp_path):
     r = helm_run("template", "kaiflow", str(tgz), "-n", NAMESPACE, *args)
     assert r.returncode == 0, r.stderr
     assert [d for d in yaml.safe_load_all(r.stdout) if d] == render(*args)
+
+
+def test_workspace_namespaces_put_the_flow_roles_where_rbac_yaml_has_them():
+    """`--set workspaceNamespaces={default}` gives rbac.yaml's Role and RoleBinding, in `default`."""
+    chart = render("--set", "workspaceNamespaces={default}")
+    loose = {_key(o): o for o in _loose()}
+    for kind in ("Role", "RoleBinding"):
+        o = find(chart, kind, "kaiflow", "default")
+        o["metadata"].pop("labels")
+        want = loose[(kind, "default", "kaiflow")]
+        want["metadata"].pop("labels", None)
+        if kind == "RoleBinding":
+            assert o["subjects"][0].pop("namespace") == NAMESPACE
+            want["subjects"][0].pop("namespace")
+        assert o == want
+    assert not [o for o in chart if o["kind"] == "Role" and o["metadata"]["name"] == "kaiflow" and
+                o["metadata"]["namespace"] == NAMESPACE]
