@@ -209,6 +209,10 @@ def test_server_side_printing_of_the_built_ins(kube_crds, kubectl):
     assert yaml.safe_load(kubectl("get", "svc", "ws", "-o", "yaml"))["spec"]["ports"][1]["port"] == 29500
     assert kubectl.json("get", "nodes")["items"][0]["metadata"]["name"] == "gpu-0"
     assert "No resources found in kube-system namespace." in kubectl.run("get", "pods", "-n", "kube-system").stderr
+    everything = kubectl("get", "all")          # the built-in category
+    assert all(f"{kind}/" in everything for kind in ("pod", "service", "statefulset.apps", "deployment.apps", "job.batch"))
+    kube.pod_logs["ws-0"] = "serving on :5000\n"
+    assert kubectl("logs", "pod/ws-0") == "serving on :5000\n"
 
 
 def test_custom_columns_with_priority_show_only_wide(kube_crds, kubectl, tmp_path):

@@ -31,8 +31,9 @@ What it models:
   references; batch/v1 Jobs default to Orphan as on a real server), deletecollection, watch
   (chunked JSON lines ADDED/MODIFIED/DELETED, ending at ``timeoutSeconds``; an ERROR 410 Expired
   event for a resourceVersion older than the event log), ``dryRun=All``.
-- What the real ``kubectl`` needs (tests/kubectl): legacy discovery (kubectl falls back to it from
-  aggregated discovery), OpenAPI v3 (``openapi.py``: built from the schemas below; PATCH operations
+- What the real ``kubectl`` needs (tests/kubectl): aggregated discovery (apidiscovery.k8s.io/v2,
+  asked for by kubectl 1.30+ with ``Accept: ...;as=APIGroupDiscoveryList``; legacy documents
+  otherwise), the ``all`` category on pods, services, statefulsets, deployments and jobs, OpenAPI v3 (``openapi.py``: built from the schemas below; PATCH operations
   list ``fieldValidation`` so ``--validate=strict`` is done by the server, which answers unknown
   fields 400 "strict decoding error" under ``fieldValidation=Strict``; strategic merge patch offered
   for built-ins only, so client-side apply sends CRDs a JSON merge patch), server-side printing
@@ -75,7 +76,9 @@ as each manager's last applied configuration), graceful deletion of pods (no gra
 required node affinity, topology spread or preemption), container execution (pods never run
 anything; ``pods/NAME/log`` returns ``kube.pod_logs[name]`` or a line naming the command),
 ``exec``/``attach``/``port-forward``/``proxy``, Table output of watches (``kubectl get -w``),
-``fieldValidation=Ignore/Warn`` (unknown fields are always refused), OpenAPI v2, protobuf and CBOR, pagination (``limit``/``continue`` ignored: lists are complete), bookmarks, and most
+``fieldValidation=Ignore/Warn`` (unknown fields are always refused), OpenAPI v2, protobuf and CBOR
+request bodies (answered 415: ``kubectl create deployment|service|configmap ...`` use kubectl's typed
+client, which sends protobuf; ``kubectl apply/create -f`` send JSON), pagination (``limit``/``continue`` ignored: lists are complete), bookmarks, and most
 built-in defaulting (only the defaults listed in ``defaults.py``).
 """
 

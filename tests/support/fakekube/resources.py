@@ -61,11 +61,40 @@ class ResourceType:
             entries.append(sub_entry)
         return entries
 
+    def aggregated_entry(self) -> dict[str, Any]:
+        """This resource in an aggregated discovery document (apidiscovery.k8s.io/v2 APIResourceDiscovery)."""
+        return _aggregated_entry(self)
+
+
+def _aggregated_entry(rtype: ResourceType) -> dict[str, Any]:
+    verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+    entry: dict[str, Any] = {"resource": rtype.plural, "singularResource": rtype.singular, "verbs": verbs,
+                             "scope": "Namespaced" if rtype.namespaced else "Cluster",
+                             "responseKind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind}}
+    if rtype.short_names:
+        entry["shortNames"] = list(rtype.short_names)
+    if rtype.categories:
+        entry["categories"] = list(rtype.categories)
+    subs = []
+    for sub in rtype.subresources:
+        kind = {"log": {"group": "", "version": "v1", "kind": "Pod"},
+                "scale": {"group": "autoscaling", "version": "v1", "kind": "Scale"}}.get(
+            sub, {"group": rtype.group, "version": rtype.version, "kind": rtype.kind})
+        subs.append({"subresource": sub, "responseKind": kind,
+                     "verbs": ["get"] if sub == "log" else ["get", "patch", "update"]})
+    if subs:
+        entry["subresources"] = subs
+    return entry
+
 
 def _t(group: str, version: str, plural: str, kind: str, namespaced: bool = True,
        short: tuple[str, ...] = (), subs: tuple[str, ...] = ()) -> ResourceType:
     scale = (".spec.replicas", ".status.replicas", "") if "scale" in subs else ()
-    return ResourceType(group, version, plural, kind, namespaced, short, subs, scale_paths=scale)
+    categories = ("all",) if plural in _ALL else ()
+    return ResourceType(group, version, plural, kind, namespaced, short, subs, categories=categories, scale_paths=scale)
+
+
+_ALL = {"pods", "services", "statefulsets", "deployments", "jobs"}   # the built-in category `kubectl get all` reads
 
 
 BUILTINS: tuple[ResourceType, ...] = (

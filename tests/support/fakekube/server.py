@@ -24,6 +24,7 @@ from tests.support.fakekube import openapi, resources, selectors, store, tables
 CORE_PREFIX = "/api"
 GROUPS_PREFIX = "/apis"
 MAX_WATCH_S = 300.0
+AGGREGATED = "APIGroupDiscoveryList"
 
 
 @dataclasses.dataclass
@@ -81,6 +82,10 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
         if not raw:
             return content_type, None
+        if content_type in ("application/vnd.kubernetes.protobuf", "application/cbor"):
+            raise store.ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                                 f"accepted media types include: application/json, application/yaml ({content_type} "
+                                 "is not modelled by fakekube)")
         try:
             return content_type, json.loads(raw)
         except ValueError:
@@ -137,6 +142,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         path = path.rstrip("/") or "/"
         if method == "GET" and (path == "/openapi/v3" or path.startswith("/openapi/v3/")):
             return self._openapi(path)
+        if method == "GET" and path in (CORE_PREFIX, GROUPS_PREFIX) and AGGREGATED in (self.headers.get("Accept") or ""):
+            return self._send(200, self._aggregated(path), f"application/json;g=apidiscovery.k8s.io;v=v2;as={AGGREGATED}")
         discovery = self._discovery(path) if method == "GET" else None
         if discovery is not None:
             return self._send(200, discovery)
@@ -201,6 +208,25 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 return {"kind": "APIResourceList", "apiVersion": "v1",
                         "groupVersion": f"{group}/{version}" if group else version, "resources": entries}
         return None
+
+    def _aggregated(self, path: str) -> dict[str, Any]:
+        """Aggregated discovery (apidiscovery.k8s.io/v2, what kubectl 1.30+ asks for first): every group,
+        version and resource in one document; versions in preference order."""
+        st = self.kube.store
+        items = []
+        with st.lock:
+            for group, versions in st.group_versions().items():
+                if (path == CORE_PREFIX) != (group == ""):
+                    continue
+                gvs = [{"groupVersion": f"{group}/{v}" if group else v, "version": v} for v in versions]
+                preferred = self._preferred(group, gvs)["version"]
+                ordered = [preferred] + [v for v in versions if v != preferred]
+                entries = []
+                for version in ordered:
+                    resources_ = [t.aggregated_entry() for t in st.types if t.group == group and t.version == version]
+                    entries.append({"version": version, "resources": resources_, "freshness": "Current"})
+                items.append({"metadata": {"name": group}, "versions": entries})
+        return {"kind": AGGREGATED, "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
 
     def _preferred(self, group: str, gvs: list[dict[str, str]]) -> dict[str, str]:
         crd_storage = [t for t in self.kube.store.types if t.group == group and t.custom]
