@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -28,6 +27,7 @@ from infra import records, supervisor
 from tests.reliability.conftest import KAIFLOW, get_row
 from tests.support import fileserver
 from tests.support import registry as registry_support
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -113,15 +113,6 @@ class Apply:
         self.file.close()
         return rc, self.output
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout  # a hang guard, not a timing assertion
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 def ask(endpoint: str, question: str) -> str:

@@ -15,24 +15,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from tests.reliability.conftest import ENV, KAIFLOW, SERVE_ONLY
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout  # a hang guard, not a timing assertion
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 def test_the_next_apply_restarts_a_killed_prefect_server_and_succeeds(tmp_path, tiny_model):

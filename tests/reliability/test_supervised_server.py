@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 import psutil
@@ -18,6 +17,7 @@ import psutil
 from infra import records
 from infra.platforms import local
 from tests.reliability.conftest import get_row, kaiflow, serve_only
+from tests.support.waiting import wait_for
 from workspace import status
 
 
@@ -31,15 +31,6 @@ def deploy(name: str) -> records.WorkspaceRecord:
     assert rec is not None and rec.server is not None
     return rec
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout  # a hang guard, not a timing assertion
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 def answers(endpoint: str) -> bool:
