@@ -221,7 +221,8 @@ def test_default_render_is_what_the_loose_manifests_create_but_for_the_pinned_di
        `default` as in rbac.yaml;
     3. Helm's labels on every object, helm.sh/resource-policy: keep on the CRDs;
     4. the controller gets `--lease-duration` (the Lease's own duration, so the two cannot drift) and
-       the KAIFLOW_* settings (platform, provisioner, image, GPU limit) it passes with each run.
+       the KAIFLOW_* settings (platform, provisioner, image, GPU limit) it passes with each run, and
+       says imagePullPolicy: IfNotPresent (the default for a tagged image) outright.
     """
     chart = render()
     loose = _loose()
