@@ -135,6 +135,9 @@ class Controllers:
         # per pod: a callable (pod -> failure or None), e.g. only pods whose spec names a bad image
         self.pod_failure_for: Callable[[dict[str, Any]], str | None] | None = None
         self.interval_s = 0.1
+        # podman mode (tests/support/fakekube/podman.py): a PodmanKubelet runs bound pods as containers
+        # and reports their status; Jobs then follow their pod's real outcome. None: pods by decree.
+        self.kubelet: Any = None
         self.errors: list[str] = []          # exceptions raised inside the loop (a test that saw any fails)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -293,6 +296,13 @@ class Controllers:
                 self._start_job_pod(job)
                 continue
             pod = mine[0]
+            if self.kubelet is not None:
+                phase = (pod.get("status") or {}).get("phase")
+                if phase in ("Succeeded", "Failed"):
+                    self._finish_job(job, pod, phase == "Succeeded", *(("CompletionsReached", "Reached expected number of "
+                                     "succeeded pods") if phase == "Succeeded" else ("BackoffLimitExceeded",
+                                                                                     "Job has reached the specified backoff limit")))
+                continue
             if (pod.get("status") or {}).get("phase") != "Running" or _cond_status(pod, "Ready") != "True":
                 continue
             outcome = self._job_outcome(job)
@@ -341,7 +351,7 @@ class Controllers:
                     message: str, container_message: str | None = None, failed_container: str | None = None) -> None:
         if pod is None:
             pod = next((p for p in self._list("v1", "Pod") if _owned_by(p, job)), None)
-        if pod is not None:
+        if pod is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             self._terminate_pod(pod, succeeded, message if not succeeded else container_message, failed_container)
         new = copy.deepcopy(job)
         status = dict(new.get("status") or {}, active=0)
@@ -464,12 +474,18 @@ class Controllers:
     def _pods(self) -> None:
         nodes = self._list("v1", "Node")
         pods = self._list("v1", "Pod")
+        if self.kubelet is not None:
+            self.kubelet.forget({p["metadata"]["uid"] for p in pods})
         for pod in pods:
             phase = (pod.get("status") or {}).get("phase", "Pending")
             if phase in ("Succeeded", "Failed"):
                 continue
             if not (pod.get("spec") or {}).get("nodeName"):
                 self._schedule(pod, nodes, pods)
+            elif self.kubelet is not None:
+                status = self.kubelet.sync(pod)
+                if status != pod.get("status"):
+                    self._write("v1", "Pod", dict(pod, status=status))
             elif phase == "Pending" or (_cond_status(pod, "Ready") != "True" and not self._waiting(pod)):
                 self._run(pod)
 

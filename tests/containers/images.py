@@ -1,0 +1,62 @@
+"""kaiflow's CPU image for the container tests, built (or reused: the tag is a content hash) by
+deployments/images/build.sh, the script `make images` runs; and the podman environment of
+deployments/images/env.sh. Import the fixtures into a conftest.py:
+
+    from tests.containers.images import kaiflow_image, pushed_image, image_registry  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.fakekube.podman import podman_env
+from tests.support.registry import LocalRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "deployments" / "images" / "build.sh"
+TOOLS = ("podman", "buildah", "skopeo", "debootstrap", "runc")
+BUILD_SECONDS: dict[str, float] = {}   # what the session's build took (printed in the test's report)
+
+
+def require_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+    if missing:
+        pytest.skip(f"container tools missing: {' '.join(missing)} (make system-deps installs them)")
+
+
+def build() -> tuple[str, str]:
+    """(image reference, the script's report on stderr)."""
+    require_tools()
+    t0 = time.monotonic()
+    proc = subprocess.run([str(BUILD)], capture_output=True, text=True, cwd=REPO, timeout=3600)
+    BUILD_SECONDS.setdefault("first", time.monotonic() - t0)
+    assert proc.returncode == 0, f"deployments/images/build.sh failed:\n{proc.stderr[-4000:]}"
+    return proc.stdout.strip().splitlines()[-1], proc.stderr
+
+
+@pytest.fixture(scope="session")
+def kaiflow_image() -> str:
+    """localhost/kaiflow:cpu-<hash>, in the image store of deployments/images/env.sh."""
+    return build()[0]
+
+
+@pytest.fixture(scope="session")
+def image_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    with LocalRegistry(tmp_path_factory.mktemp("image-registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def pushed_image(kaiflow_image: str, image_registry: LocalRegistry) -> str:
+    """The image copied into the test's docker-registry with skopeo, as a cluster would pull it."""
+    ref = f"{image_registry.host}/kaiflow:{kaiflow_image.rsplit(':', 1)[1]}"
+    proc = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"containers-storage:{kaiflow_image}",
+                           f"docker://{ref}"], capture_output=True, text=True, env=podman_env(), timeout=1800)
+    assert proc.returncode == 0, f"skopeo copy to {ref} failed: {proc.stderr[-2000:]}"
+    return ref
