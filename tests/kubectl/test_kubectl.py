@@ -9,6 +9,7 @@ then holds. They check the fake as much as kaiflow, hence the ``fake`` marker.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -352,3 +353,31 @@ def test_discovery_and_openapi_documents(kube_crds, kubectl):
     explained = kubectl("explain", "workspace.inference.preset")
     assert "name" in explained and "FIELDS" in explained, explained
     assert "containerPort" in kubectl("explain", "pod.spec.containers.ports")
+
+
+def test_get_watch_prints_a_row_per_change_and_diff_shows_one(kube_crds, kubectl):
+    kube = kube_crds
+    kubectl("apply", "-f", str(SEED / "workspace-phi-3-mini.yaml"))
+    watcher = subprocess.Popen([kubectl.binary, f"--kubeconfig={kubectl.kubeconfig}", "get", "workspace", "-w"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(30, watcher.kill)         # readline below never blocks past this
+    guard.start()
+    try:
+        _wait(lambda: any(r.query.get("watch") in ("true", "1") for r in kube.requests), "kubectl get -w to watch")
+        _status(kube, "workspace-phi-3-mini", ResourceReady="True", InferenceReady="True", WorkspaceReady="True")
+        assert watcher.stdout is not None
+        lines = [watcher.stdout.readline() for _ in range(3)]
+    finally:
+        guard.cancel()
+        watcher.kill()
+        watcher.communicate()
+    assert lines[0].split() == SEED_COLUMNS
+    assert lines[1].split()[:2] == ["workspace-phi-3-mini", "Standard_NC6s_v3"]
+    assert lines[2].split()[:5] == ["workspace-phi-3-mini", "Standard_NC6s_v3", "True", "True", "True"], lines
+
+    changed = (SEED / "workspace-phi-3-mini.yaml").read_text().replace("phi-3-mini-4k-instruct", "phi-3-mini-128k-instruct")
+    proc = kubectl.run("diff", "-f", "-", input=changed, check=False)
+    assert proc.returncode == 1, proc.stderr        # 1: differences found
+    assert "-    name: phi-3-mini-4k-instruct" in proc.stdout and "+    name: phi-3-mini-128k-instruct" in proc.stdout
+    got = kube.get("kaito.sh/v1beta1", "Workspace", "workspace-phi-3-mini", "default")
+    assert got["inference"]["preset"]["name"] == "phi-3-mini-4k-instruct"        # a server-side dry run

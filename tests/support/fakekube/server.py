@@ -388,8 +388,15 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                     gone = store.ApiError(410, "Expired", f"too old resource version: {last} ({st.oldest_event_rv()})")
                     pending = [("ERROR", gone.status_body())]
                     deadline = 0
+        as_table = tables.wants_table(self.headers.get("Accept"))     # kubectl get -w
+        include = query.get("includeObject") or "Metadata"
+
+        def shown(event_type: str, obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            if not as_table or event_type == "ERROR":
+                return event_type, obj
+            return event_type, tables.table(rtype, [obj], obj["metadata"].get("resourceVersion", ""), include)
         try:
-            self._write_events(pending)
+            self._write_events([shown(t, o) for t, o in pending])
             while time.monotonic() < deadline and not self.kube.stopping:
                 with st.lock:
                     events = list(st.events_since(last, rtype.storage_key))
@@ -404,7 +411,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                         continue
                     if predicate(obj):
                         presented = dict(obj, apiVersion=rtype.api_version, kind=rtype.kind)
-                        batch.append((event_type, presented))
+                        batch.append(shown(event_type, presented))
                 self._write_events(batch)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
