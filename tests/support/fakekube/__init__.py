@@ -38,7 +38,7 @@ What it models:
   fields 400 "strict decoding error" under ``fieldValidation=Strict``; strategic merge patch offered
   for built-ins only, so client-side apply sends CRDs a JSON merge patch), server-side printing
   (``tables.py``: ``Accept: ...;as=Table;g=meta.k8s.io`` answered with the built-in printers' columns
-  or a CRD's additionalPrinterColumns), the ``scale`` subresource (StatefulSet, Deployment, CRDs
+  or a CRD's additionalPrinterColumns; watches too, for ``kubectl get -w``), the ``scale`` subresource (StatefulSet, Deployment, CRDs
   declaring ``subresources.scale``; autoscaling/v1 Scale), finalizers (a delete of an object with
   finalizers sets ``deletionTimestamp`` and keeps it until an update removes the last one; no new
   finalizers once deleting), watch headers flushed at once (client-go reflectors wait for them).
@@ -75,8 +75,7 @@ as each manager's last applied configuration), graceful deletion of pods (no gra
 ``foregroundDeletion`` finalizer (Foreground deletes dependents at once), real scheduling (no CPU/memory accounting, affinity other than
 required node affinity, topology spread or preemption), container execution (pods never run
 anything; ``pods/NAME/log`` returns ``kube.pod_logs[name]`` or a line naming the command),
-``exec``/``attach``/``port-forward``/``proxy``, Table output of watches (``kubectl get -w``),
-``fieldValidation=Ignore/Warn`` (unknown fields are always refused), OpenAPI v2, protobuf and CBOR
+``exec``/``attach``/``port-forward``/``proxy``, ``fieldValidation=Ignore/Warn`` (unknown fields are always refused), OpenAPI v2, protobuf and CBOR
 request bodies (answered 415: ``kubectl create deployment|service|configmap ...`` use kubectl's typed
 client, which sends protobuf; ``kubectl apply/create -f`` send JSON), pagination (``limit``/``continue`` ignored: lists are complete), bookmarks, and most
 built-in defaulting (only the defaults listed in ``defaults.py``).
