@@ -83,8 +83,9 @@ if podman image exists "$IMAGE"; then
 else
   t0=$SECONDS
   buildah bud --quiet --layers --isolation chroot --build-arg "BASE=$BASE" --volume "$wheels:/wheels:ro" \
-    -t "$IMAGE" -f "$ctx/Dockerfile" "$ctx" >"$CACHE/build.log" 2>&1 \
-    || { tail -30 "$CACHE/build.log" >&2; say "build failed; see $CACHE/build.log"; exit 1; }
+    -t "$IMAGE" -f "$ctx/Dockerfile" "$ctx" >"$CACHE/build.$$.log" 2>&1 \
+    || { tail -30 "$CACHE/build.$$.log" >&2; say "build failed; see $CACHE/build.$$.log"; exit 1; }
+  mv -f "$CACHE/build.$$.log" "$CACHE/build.log"
   say "built $IMAGE in $((SECONDS - t0)) s"
 fi
 podman tag "$IMAGE" localhost/kaiflow:cpu
