@@ -157,6 +157,14 @@ def cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+def _group_layout(ws, p) -> list[str]:
+    """A multi-node plan's leader/worker layout and ports (infra.kube.manifests.group_layout)."""
+    from infra.kube import manifests
+    from workspace import settings
+
+    return manifests.group_layout(ws, p, ws.metadata.namespace or settings.load().namespace or "default")
+
+
 def cmd_plan(args) -> int:
     from workspace import loader, plan
 
@@ -179,6 +187,8 @@ def cmd_plan(args) -> int:
                     print(f"             note: {note}")
                 if part.reason:
                     print(f"             {part.reason}")
+            for line in _group_layout(bundle.workspaces[plans.index(p)], p):
+                print(f"             {line}")
     from infra import datasets  # tuning data that answers 404 or an HTML page: said now, not after provisioning
     from workspace import settings
 

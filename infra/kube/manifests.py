@@ -17,6 +17,20 @@ same dicts (with owner references once the Workspace CR has a uid). Choices, and
   plan, one pod per node (pod anti-affinity). A ClusterIP Service named after the workspace maps
   port 80 to the server's 5000 (and 29500 for torch distributed, as in the seed's ``kubectl get svc``),
   with a headless Service for the StatefulSet.
+- **Multi-node inference** (the plan needs more than one node): the same StatefulSet, every pod
+  running the same command with ``--nnodes N --node-rank auto``; the rank is the pod's index
+  (``POD_INDEX`` from the ``apps.kubernetes.io/pod-index`` label, else the host name's ordinal).
+  Pod 0 is the leader: it serves, and its engine waits in the rendezvous on ``MASTER_PORT`` at
+  ``<sts>-0.<headless>.<ns>.svc.cluster.local`` until every worker joined; the headless Service
+  publishes not-ready addresses, so workers find the leader before it is Ready. The client Service
+  selects pod 0 only (``statefulset.kubernetes.io/pod-name``), as Kaito's does. Every pod answers
+  ``/health`` on the server port (a worker while its stage runs, the leader while the whole group
+  serves), so one probe set fits both roles and a worker's readiness never waits on the leader:
+  with ``podManagementPolicy: Parallel`` a rolling update replaces pods without the deadlock of
+  workers that cannot be Ready until the leader is, nor a leader that cannot be until they are.
+  Kaito v0.12 runs a Ray head and Ray workers here; kaiflow uses vLLM's own multi-node launcher
+  (see ``serving.multinode``: vLLM's CPU build refuses Ray, and one process tree is simpler to
+  keep alive).
 - **Tuning** is a Job with ``backoffLimit: 0`` (a failed run is reported, not silently repeated) and
   a TTL: init containers pull the data (``python -m infra.pod pull-data``) and run ``python -m
   tuning`` on the GPU; the main container pushes the adapter (``python -m infra.pod push-adapter``)
@@ -50,6 +64,9 @@ GPU = "nvidia.com/gpu"
 GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
 SERVER_PORT = 5000
 TORCHRUN_PORT = 29500
+MASTER_PORT = TORCHRUN_PORT  # a multi-node group's rendezvous on its leader (torch.distributed)
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 KAITO_NODEPOOL = "kaito"
 NODECLASS = {"azure": ("karpenter.azure.com", "AKSNodeClass"), "aws": ("karpenter.k8s.aws", "EC2NodeClass")}
@@ -502,7 +519,8 @@ def inference_statefulset(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, name
         template = {"metadata": {"labels": {**(inf.template.get("metadata") or {}).get("labels", {}), **pod_labels}},
                     "spec": pod_spec}
     else:
-        template = {"metadata": {"labels": pod_labels}, "spec": _serving_pod(ws, plan, image, adapters, affinity, extra_tolerations)}
+        template = {"metadata": {"labels": pod_labels},
+                    "spec": _serving_pod(ws, plan, image, adapters, affinity, extra_tolerations, namespace=namespace)}
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": meta(ws, dns_label(ws.name), namespace, "inference", owner),
@@ -520,8 +538,39 @@ def headless_name(ws: spec.Workspace) -> str:
     return f"{dns_label(ws.name, 54)}-headless"
 
 
+def leader_pod(ws: spec.Workspace) -> str:
+    """The name of a multi-node group's leader: the StatefulSet's pod 0."""
+    return f"{dns_label(ws.name)}-0"
+
+
+def leader_address(ws: spec.Workspace, namespace: str) -> str:
+    """The leader's stable DNS name through the headless Service (resolves before it is Ready)."""
+    return f"{leader_pod(ws)}.{headless_name(ws)}.{namespace}.svc.cluster.local"
+
+
+def group_layout(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str) -> list[str]:
+    """What ``kaiflow plan`` says of a multi-node group: who serves, who joins where, on which ports."""
+    nodes = node_count(ws, plan)
+    if nodes <= 1 or not ws.inference or ws.inference.template:
+        return []
+    workers = "pod 1 runs a pipeline stage and joins" if nodes == 2 else f"pods 1-{nodes - 1} run pipeline stages and join"
+    return [f"group: {nodes} pods of StatefulSet {dns_label(ws.name)}; pod 0 is the leader: it serves HTTP on :{SERVER_PORT} "
+            f"(Service {dns_label(ws.name)} port 80 selects pod 0 only)",
+            f"group: {workers} the leader at {leader_address(ws, namespace)}:{MASTER_PORT} "
+            f"(Service {headless_name(ws)}, not-ready addresses published); vLLM's multi-node launcher, no Ray"]
+
+
+def group_args(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str) -> list[str]:
+    """``python -m serving`` arguments that make the pods one multi-node group (none for one node)."""
+    nodes = node_count(ws, plan)
+    if nodes <= 1:
+        return []
+    return ["--nnodes", str(nodes), "--node-rank", "auto", "--master-addr", leader_address(ws, namespace),
+            "--master-port", str(MASTER_PORT)]
+
+
 def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, adapters: list[dict], affinity: dict,
-                 extra_tolerations: list[dict] | None = None) -> dict:
+                 extra_tolerations: list[dict] | None = None, namespace: str = "default") -> dict:
     model = ws.inference.preset.name
     cmd = ["python", "-m", "serving", "--model", model, "--host", "0.0.0.0", "--port", str(SERVER_PORT),
            "--served-model-name", model,
@@ -531,6 +580,8 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
         cmd += ["--adapter", f"{a['name']}={where}/{a['name']}:{a['strength']:g}"]
     # the plan's engine arguments first, the user's inference ConfigMap (if any) last: its keys win
     cmd += ["--config", f"{PLAN_CONFIG_DIR}/inference_config.yaml"]
+    group = group_args(ws, plan, namespace)
+    cmd += group
     volumes = [{"name": "plan-config", "configMap": {"name": inference_config_name(ws.name)}},
                {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts = [{"name": "plan-config", "mountPath": PLAN_CONFIG_DIR, "readOnly": True},
@@ -561,9 +612,12 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
             pull += ["--docker-config", f"{SECRETS_DIR}/{s}/config.json"]
         init.append({"name": "pull-adapters", "image": image, "command": pull, "volumeMounts": pull_mounts})
     probe = {"httpGet": {"path": "/health", "port": SERVER_PORT}}
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if group:  # the node rank (Kaito sets POD_INDEX the same way)
+        env.append({"name": "POD_INDEX", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}})
     container = {
         "name": "inference", "image": image, "command": cmd,
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}] + _model_env(ws.inference.preset),
+        "env": env + _model_env(ws.inference.preset),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
                   {"name": "torchrun", "containerPort": TORCHRUN_PORT, "protocol": "TCP"}],
         "resources": _gpu_resources(gpus_per_pod(plan, "inference")),
@@ -581,11 +635,13 @@ def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, a
     return restricted(pod, "inference")
 
 
-def inference_services(ws: spec.Workspace, namespace: str, owner: dict | None = None) -> list[dict]:
+def inference_services(ws: spec.Workspace, namespace: str, owner: dict | None = None, nodes: int = 1) -> list[dict]:
+    """The client Service (port 80; a multi-node group's leader only) and the headless one."""
     sel = selector(ws, "inference")
+    client_sel = {**sel, POD_NAME_LABEL: leader_pod(ws)} if nodes > 1 else sel
     return [
         {"apiVersion": "v1", "kind": "Service", "metadata": meta(ws, dns_label(ws.name), namespace, "inference", owner),
-         "spec": {"type": "ClusterIP", "selector": sel, "ports": [
+         "spec": {"type": "ClusterIP", "selector": client_sel, "ports": [
              {"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"},
              {"name": "torchrun", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT, "protocol": "TCP"}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": meta(ws, headless_name(ws), namespace, "inference", owner),
@@ -624,7 +680,7 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
             objs.append(config_map(ws, inference_config_name(ws.name), inference_config_data(ws, plan), ns, owner))
         objs.append(inference_statefulset(ws, plan, ns, image, adapters=adapter_entries(ws, fresh_reference),
                                           owner=owner, node_selector=node_selector, extra_tolerations=extra_tolerations))
-        objs += inference_services(ws, ns, owner)
+        objs += inference_services(ws, ns, owner, nodes=node_count(ws, plan) if not ws.inference.template else 1)
     return objs
 
 
