@@ -44,6 +44,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("karpenter.sh/v1", "NodeClaim"): ("nodeclaims", False),
     ("kaito.sh/v1alpha1", "Workspace"): ("workspaces", True),
     ("kaito.sh/v1beta1", "Workspace"): ("workspaces", True),
+    ("kaito.sh/v1alpha1", "InferenceSet"): ("inferencesets", True),
+    ("kaito.sh/v1beta1", "InferenceSet"): ("inferencesets", True),
 }
 FIELD_MANAGER = "kaiflow"
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
