@@ -307,9 +307,15 @@ class Supervisor:
         log.info("server pid %d healthy again (restart %d)", pid, self.restarts)
 
 
+_client: httpx.Client | None = None
+
+
 def _healthy(url: str) -> bool:
+    global _client
+    if _client is None:  # one client for every poll: httpx.get would build a TLS context each time
+        _client = httpx.Client(timeout=2)
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return _client.get(f"{url}/health").status_code == 200
     except httpx.HTTPError:
         return False
 

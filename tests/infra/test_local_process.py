@@ -26,3 +26,22 @@ def test_stop_leaves_a_process_whose_command_line_lacks_the_marker(tmp_path: Pat
         assert local_process.alive(pid, "time.sleep")
     finally:
         local_process.stop(pid, "time.sleep")
+
+
+def test_wait_healthy_returns_once_the_server_answers_and_names_a_process_that_died(tmp_path: Path):
+    import pytest
+
+    port = local_process.free_port()
+    # answers only after a second, as a server loading a model would
+    code = f"import time, http.server; time.sleep(1); http.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')"
+    pid = local_process.start([sys.executable, "-c", code], log_path=tmp_path / "log", pidfile=tmp_path / "pid")
+    try:
+        local_process.wait_healthy(f"http://127.0.0.1:{port}/", pid=pid, marker="http.server", timeout=60)
+        assert local_process.alive(pid, "http.server")
+    finally:
+        local_process.stop(pid, "http.server")
+    dead = local_process.start([sys.executable, "-c", "print('no model here'); raise SystemExit(3)"],
+                               log_path=tmp_path / "dead.log", pidfile=tmp_path / "dead.pid")
+    with pytest.raises(RuntimeError, match="no model here"):
+        local_process.wait_healthy(f"http://127.0.0.1:{local_process.free_port()}/", pid=dead, marker="no model",
+                                   timeout=60, log_path=tmp_path / "dead.log")
