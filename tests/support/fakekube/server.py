@@ -229,10 +229,10 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         return {"kind": AGGREGATED, "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
 
     def _preferred(self, group: str, gvs: list[dict[str, str]]) -> dict[str, str]:
-        crd_storage = [t for t in self.kube.store.types if t.group == group and t.custom]
-        if crd_storage:
-            version = self.kube.store._storage_version(crd_storage[0])
-            return next((gv for gv in gvs if gv["version"] == version), gvs[0])
+        """A CRD group's preferred version is its highest by Kubernetes' version order (v1 > v1beta2 >
+        v1beta1 > v1alpha1), as the apiextensions server ranks them: not the storage version."""
+        if any(t.group == group and t.custom for t in self.kube.store.types):
+            return min(gvs, key=lambda gv: _kube_aware_key(gv["version"]))
         return gvs[0]
 
     def _openapi(self, path: str) -> None:
@@ -424,6 +424,15 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
         if events:
             self.wfile.flush()
+
+
+def _kube_aware_key(version: str) -> tuple[int, int, int, str]:
+    """Sort key of k8s.io/apimachinery's CompareKubeAwareVersionStrings (ascending = preferred first)."""
+    m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if not m:
+        return (3, 0, 0, version)
+    stability = {None: 0, "beta": 1, "alpha": 2}[m.group(2)]
+    return (stability, -int(m.group(1)), -int(m.group(3) or 0), version)
 
 
 def _strict_decoding(err: store.ApiError, query: dict[str, str]) -> store.ApiError:
