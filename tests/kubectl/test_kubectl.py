@@ -347,7 +347,10 @@ def test_get_events(kube_crds, kubectl):
 
 def test_discovery_and_openapi_documents(kube_crds, kubectl):
     resources = kubectl("api-resources", "--api-group=kaito.sh", "-o", "name").split()
-    assert resources == ["workspaces.kaito.sh"]
+    assert "workspaces.kaito.sh" in resources
+    # the preferred version of a CRD group is its highest (v1beta1), not the storage version (v1alpha1)
+    row = next(r for r in kubebins.table(kubectl("api-resources", "--api-group=kaito.sh")) if r["NAME"] == "workspaces")
+    assert row["APIVERSION"] == "kaito.sh/v1beta1"
     assert "leases" in kubectl("api-resources", "--api-group=coordination.k8s.io", "-o", "name")
     assert "kaito.sh/v1beta1" in kubectl("api-versions").split()
     explained = kubectl("explain", "workspace.inference.preset")
