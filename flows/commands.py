@@ -7,9 +7,10 @@ import os
 import sys
 from datetime import datetime, timezone
 
+from flows import inferenceset as inferenceset_flow
 from infra import platforms, records
 from workspace import status
-from workspace.errors import KaiflowError
+from workspace.errors import KaiflowError, SpecError
 
 
 def _quiet_prefect() -> None:
@@ -20,15 +21,27 @@ def _quiet_prefect() -> None:
 def cmd_apply(args) -> int:
     from workspace import loader, settings
 
-    bundle = loader.load_files(args.filename)
+    bundle = loader.load_files(args.filename, require_workspace=False)
+    isets = [d for d in bundle.other if d.get("kind") == "InferenceSet"]  # flows.inferenceset
+    if not bundle.workspaces and not isets:
+        loader.load_files(args.filename)  # says what the files hold instead of a Workspace
     if getattr(args, "dry_run", False):  # the kubernetes objects, no cluster contacted
         from infra import platforms
         from infra.kube import manifests
 
         s = settings.load()
-        print(manifests.render(bundle.workspaces, bundle.config_maps, s, args.output,
-                               provisioner=platforms.provisioner_for(args.platform, s)), end="")
+        shown, children = inferenceset_flow.dry_run(isets, s.namespace or "default") if isets else ([], [])
+        text = manifests.render(bundle.workspaces + children, bundle.config_maps, s, args.output,
+                                provisioner=platforms.provisioner_for(args.platform, s))
+        if shown:
+            text = inferenceset_flow.render(shown, text, args.output)
+        print(text, end="")
         return 0
+    if isets and (getattr(args, "via_server", False) or settings.load().via_server):
+        raise SpecError("InferenceSet: --via-server runs Workspaces only; apply an InferenceSet without it, or with "
+                        "kubectl apply where `kaiflow controller` runs")
+    if isets:
+        inferenceset_flow.check_platform(isets, args.platform or settings.load().platform)
     if getattr(args, "via_server", False) or settings.load().via_server:
         from flows import server
 
@@ -67,6 +80,18 @@ def cmd_apply(args) -> int:
         for label, value in links(api, record.last_flow_run if record else None,
                                   (result.get("inference") or {}).get("endpoint"), (result.get("image") or {}).get("reference")):
             print(f"  {label:<8} {value}")
+    if isets:
+        def run_child(ws) -> None:
+            with tags("kaiflow", f"workspace:{ws.name}", "in-process"), \
+                    console.live_steps(console.steps_for(ws), enabled=not (args.quiet or args.debug)):
+                workspace_flow(workspace=ws, config_maps=bundle.config_maps, platform=platform)
+            print(f"workspace {ws.name}: ready")
+
+        try:
+            failed += inferenceset_flow.apply(isets, bundle.config_maps, platform, run_workspace=run_child)
+        except KaiflowError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
     from flows import deployments
 
     for s in deployments.schedules_from_annotations(bundle.workspaces, bundle.config_maps, args.platform):

@@ -67,6 +67,7 @@ TORCHRUN_PORT = 29500
 MASTER_PORT = TORCHRUN_PORT  # a multi-node group's rendezvous on its leader (torch.distributed)
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
+INFERENCESET_LABEL = "inferenceset.kaito.sh/created-by"  # infra.kube.inferenceset.CREATED_BY
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 KAITO_NODEPOOL = "kaito"
 NODECLASS = {"azure": ("karpenter.azure.com", "AKSNodeClass"), "aws": ("karpenter.k8s.aws", "EC2NodeClass")}
@@ -572,8 +573,10 @@ def group_args(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str)
 def _serving_pod(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, image: str, adapters: list[dict], affinity: dict,
                  extra_tolerations: list[dict] | None = None, namespace: str = "default") -> dict:
     model = ws.inference.preset.name
+    # a replica of an InferenceSet serves under the set's name (as Kaito's vLLM command does)
+    served = (ws.metadata.labels or {}).get(INFERENCESET_LABEL) or model
     cmd = ["python", "-m", "serving", "--model", model, "--host", "0.0.0.0", "--port", str(SERVER_PORT),
-           "--served-model-name", model,
+           "--served-model-name", served,
            "--engine", "transformers" if ws.runtime == "transformers" else "auto"]  # kaito.sh/runtime
     for a in adapters:
         where = VOLUME_ADAPTERS_DIR if a.get("volume") else ADAPTER_DIR

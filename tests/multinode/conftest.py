@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fakekube.fixtures import fakekube, kube_crds, kubeconfig  # noqa: F401
+from tests.support.fakekube.fixtures import fakekube, kube_crds, kubeconfig, kubectl  # noqa: F401
 
 
 @pytest.fixture
