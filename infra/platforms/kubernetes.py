@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from infra import datasets, records, registry
+from infra import datasets, images, records, registry
 from infra.kube import client as kclient
 from infra.kube import crstatus, inference, jobs, manifests, nodes, views
 from infra.platforms import base
@@ -92,6 +92,11 @@ class KubernetesPlatform:
             msg = "; ".join(p.problems())
             report.condition(status.RESOURCE_READY, False, errors.SizingError.reason, msg)
             raise errors.SizingError(f"workspace {ws.name}: {msg}")
+        try:  # the image every pod runs: refused before any node is bought if its registry lacks it
+            log.info("%s", images.resolve(self.settings.image).line())
+        except errors.KaiflowError as exc:
+            report.condition(status.RESOURCE_READY, False, exc.reason, str(exc))
+            raise
         # where the nodes come from is known before they exist, so a teardown after a failed
         # provision still releases what was asked for
         _remember_cluster(ws.name, namespace=ns, provisioner=self.source.name)
