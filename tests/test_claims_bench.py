@@ -61,3 +61,11 @@ def test_bench_datasets_prints_its_ratio_rss_and_resume(tmp_path: Path):
     assert re.search(r"^resume: cut at 50 %, requests \[\(None, 200\), \('bytes=\d+-', 206\)\], 1\.00x", out, re.M), out
     assert list(tmp_path.iterdir()) == [], "the bench left files behind"
 
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_bench_coldstart_prints_its_ratio_and_where_the_seconds_go(prefect_api):
+    out = bench("coldstart.py", "--runs", "1", "--prefect-api", prefect_api)
+    assert re.search(rf"^RESULT coldstart_ratio={RATIO}$", out, re.M), out
+    assert re.search(r"^\s+\d+\.\d+ s\s+nan s  task deploy", out, re.M), out
+
