@@ -48,3 +48,24 @@ def test_a_group_refuses_the_transformers_engine() -> None:
     with pytest.raises(errors.ConfigError, match="needs the vLLM engine"):
         config.from_args(["--model", "tiny-phi-3", "--port", "5000", "--engine", "transformers", "--nnodes", "2",
                           "--master-addr", "127.0.0.1"])
+
+
+def test_a_worker_exits_once_the_leaders_port_is_gone() -> None:
+    """The watch a worker runs beside its stage: after the leader's rendezvous port was seen and then
+    refused a few times, the process exits (code 3), so its pod restarts and joins the next group."""
+    import socket
+    import subprocess
+    import sys
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = ("import sys; from serving import multinode as m; m.WATCH_EVERY_S = 0.2; "
+            f"m._watch_leader(m.Group(2, 1, '127.0.0.1', {port})); sys.exit(0)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.5)  # the leader is there: the worker stays
+    finally:
+        listener.close()  # the leader goes
+    assert proc.wait(timeout=30) == 3
+    assert "the leader 127.0.0.1" in proc.stderr.read()
