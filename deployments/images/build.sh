@@ -87,6 +87,10 @@ else
     || { tail -30 "$CACHE/build.$$.log" >&2; say "build failed; see $CACHE/build.$$.log"; exit 1; }
   mv -f "$CACHE/build.$$.log" "$CACHE/build.log"
   say "built $IMAGE in $((SECONDS - t0)) s"
+  # older builds go (an image a container still runs stays), so the cache holds one venv, not one per change
+  podman images --format '{{.Repository}}:{{.Tag}}' localhost/kaiflow | grep ':cpu-' | grep -vx "$IMAGE" \
+    | xargs -r podman rmi >/dev/null 2>&1 || true
+  podman image prune -f >/dev/null 2>&1 || true
 fi
 podman tag "$IMAGE" localhost/kaiflow:cpu
 say "size $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"

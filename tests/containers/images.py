@@ -56,7 +56,9 @@ def image_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRe
 def pushed_image(kaiflow_image: str, image_registry: LocalRegistry) -> str:
     """The image copied into the test's docker-registry with skopeo, as a cluster would pull it."""
     ref = f"{image_registry.host}/kaiflow:{kaiflow_image.rsplit(':', 1)[1]}"
-    proc = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"containers-storage:{kaiflow_image}",
+    # gzip level 1: 48 s instead of 67 s for the 2 GB here, and the bytes never leave the machine
+    proc = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "gzip",
+                           "--dest-compress-level", "1", f"containers-storage:{kaiflow_image}",
                            f"docker://{ref}"], capture_output=True, text=True, env=podman_env(), timeout=1800)
     assert proc.returncode == 0, f"skopeo copy to {ref} failed: {proc.stderr[-2000:]}"
     return ref
