@@ -8,6 +8,7 @@ then holds. They check the fake as much as kaiflow, hence the ``fake`` marker.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -384,3 +385,19 @@ def test_get_watch_prints_a_row_per_change_and_diff_shows_one(kube_crds, kubectl
     assert "-    name: phi-3-mini-4k-instruct" in proc.stdout and "+    name: phi-3-mini-128k-instruct" in proc.stdout
     got = kube.get("kaito.sh/v1beta1", "Workspace", "workspace-phi-3-mini", "default")
     assert got["inference"]["preset"]["name"] == "phi-3-mini-4k-instruct"        # a server-side dry run
+
+
+def test_kubectl_scale_inferenceset_through_its_scale_subresource(kube_crds, kubectl):
+    """The InferenceSet example (issue 18) applies, prints its columns and scales with kubectl; the
+    children it then gets are the InferenceSet reconcile's business (tests of issue 18)."""
+    example = REPO / "examples" / "inferenceset" / "phi-3-mini-replicas.yaml"
+    name = next(d for d in yaml.safe_load_all(example.read_text()) if d and d["kind"] == "InferenceSet")["metadata"]["name"]
+    kubectl("apply", "-f", str(example))
+    assert kubectl("get", "inferenceset").splitlines()[0].split() == ["NAME", "REPLICAS", "READYREPLICAS", "AGE"]
+    assert "scaled" in kubectl("scale", "inferenceset", name, "--replicas=3")
+    assert kubebins.table(kubectl("get", "inferenceset", name))[0]["REPLICAS"] == "3"
+    kubectl("scale", "inferenceset", name, "--replicas=1")
+    got = kube_crds.get("kaito.sh/v1beta1", "InferenceSet", name, "default")
+    assert got["spec"]["replicas"] == 1
+    scale = json.loads(kubectl("get", "--raw", f"/apis/kaito.sh/v1beta1/namespaces/default/inferencesets/{name}/scale"))
+    assert (scale["kind"], scale["apiVersion"], scale["spec"]["replicas"]) == ("Scale", "autoscaling/v1", 1)
