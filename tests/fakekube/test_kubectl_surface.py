@@ -4,6 +4,7 @@ Table negotiation, ages, OpenAPI v3 documents, the scale subresource, finalizers
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -82,3 +83,18 @@ def test_finalizers_hold_a_deleted_object_until_the_last_goes(kube_crds):
     kube.store.replace(rtype, "default", "held", obj)
     assert kube.get("v1", "ConfigMap", "held", "default") is None
     assert [e[1] for e in kube.store.events if e[2] == ("", "configmaps")][-1] == "DELETED"
+
+
+def test_a_bug_in_the_new_paths_is_recorded_as_the_fakes_own_error(kube_crds, monkeypatch):
+    kube = kube_crds
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}})
+
+    def broken(obj):
+        raise KeyError("a bug in a printer")
+    columns, _ = tables.BUILTIN[("", "ConfigMap")]
+    monkeypatch.setitem(tables.BUILTIN, ("", "ConfigMap"), (columns, broken))
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(kube, "/api/v1/namespaces/default/configmaps", TABLE)
+    assert err.value.code == 500
+    assert any("a bug in a printer" in e for e in kube.internal_errors())
+    kube.clear_internal_errors()          # broken on purpose: the autouse check must not fail this test
