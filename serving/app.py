@@ -190,6 +190,8 @@ class Server:
     def _set_gauges(self) -> None:
         self.metrics.in_flight.set(self.in_flight)
         self.metrics.queue_depth.set(max(0, self.in_flight - self.engine.capacity))
+        running = min(self.in_flight, self.engine.capacity)
+        self.metrics.set_load(running, self.in_flight - running, self.engine.capacity)
 
 
 def _freeze_heap() -> None:

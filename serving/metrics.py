@@ -3,6 +3,15 @@
 A pure ASGI middleware times every request to its *last* body chunk, so streamed responses count
 their full duration and every status (429s included) is counted without touching the handlers.
 A registry per app (not the global one) keeps vLLM's own collectors and test servers apart.
+
+**Autoscaling signals.** Autoscalers (KEDA, HPA through an adapter, Kaito's InferenceSet
+annotations) key on vLLM's metric names: ``vllm:num_requests_waiting``, ``vllm:num_requests_running``
+and ``vllm:kv_cache_usage_perc``, labelled ``model_name`` and ``engine``. On the vLLM engine these
+are vLLM's own (its Prometheus stat logger registers them in the process's global registry, and
+they are forwarded from there: every ``vllm:`` family vLLM keeps). The transformers engine has no
+scheduler of its own, so the server reports the same three names from its admission: running =
+requests the engine runs (at most its capacity), waiting = admitted requests queued behind them,
+and KV-cache usage = the share of the engine's batch slots in use (it has no paged KV cache).
 """
 
 from __future__ import annotations
@@ -35,9 +44,44 @@ class Metrics:
         self.ready = prom.Gauge("kaiflow_ready", "1 once the model is loaded", registry=r)
         self.info = prom.Info("kaiflow_engine", "Engine serving the model", registry=r)
         self.info.info({"engine": engine, "model": model})
+        self.model = model
+        self._load: tuple[prom.Gauge, prom.Gauge, prom.Gauge] | None = None
+        if engine == "vllm":
+            r.register(VllmForward())
+        else:
+            labels = ["model_name", "engine"]
+            self._load = (
+                prom.Gauge("vllm:num_requests_running", "Requests the engine is running", labels, registry=r),
+                prom.Gauge("vllm:num_requests_waiting", "Requests admitted and waiting for the engine", labels, registry=r),
+                prom.Gauge("vllm:kv_cache_usage_perc", "Share of the engine's batch slots in use (1 = full); the "
+                           "transformers engine has no paged KV cache", labels, registry=r))
+            self.set_load(0, 0, 1)
+
+    def set_load(self, running: int, waiting: int, capacity: int) -> None:
+        """The vLLM-named load gauges, for an engine that does not report them itself."""
+        if self._load is None:
+            return
+        run, wait, usage = self._load
+        run.labels(self.model, "0").set(running)
+        wait.labels(self.model, "0").set(waiting)
+        usage.labels(self.model, "0").set(running / max(capacity, 1))
 
     def render(self) -> tuple[bytes, str]:
         return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
+
+
+class VllmForward:
+    """vLLM's own metric families (``vllm:*``), read from the global registry its stat logger uses."""
+
+    PREFIX = "vllm:"
+
+    def describe(self) -> list:
+        return []  # nothing at registration: vLLM registers its collectors only once the engine starts
+
+    def collect(self):  # -> Iterator[Metric]
+        for family in prom.REGISTRY.collect():
+            if family.name.startswith(self.PREFIX):
+                yield family
 
 
 class MetricsMiddleware:
