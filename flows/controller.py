@@ -223,8 +223,10 @@ class Controller:
             while not self.stop.is_set():
                 now = time.monotonic()
                 if now >= next_poll:
-                    self.poll_runs()
-                    next_poll = time.monotonic() + self.o.poll_s
+                    open_runs = self.poll_runs()
+                    # one read of every open run per round: with many open, rounds are spaced out so
+                    # reading them never crowds out creating them (a read of 100 runs is heavy on SQLite)
+                    next_poll = time.monotonic() + self.o.poll_s * max(1.0, open_runs / 25)
                 key = self._next_due(max(0.0, next_poll - time.monotonic()))
                 if key is not None:
                     self.reconcile_safely(key)
@@ -366,19 +368,20 @@ class Controller:
             log.info("workspace %s/%s generation %d: %s run %s %s (%s) %s", *key, gen, purpose, run.name, run.id, deployment, state)
         return tracked
 
-    def poll_runs(self) -> None:
-        """One read of every tracked run that is not final; the workspaces whose run ended are looked at again."""
+    def poll_runs(self) -> int:
+        """One read of every tracked run that is not final; the workspaces whose run ended are looked at
+        again. Returns how many were open."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         with self._cv:
             open_runs = {t.run_id: k for k, t in self.tracked.items() if t.state not in FINAL}
         if not open_runs:
-            return
+            return 0
         try:
             runs = self.prefect.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(open_runs))))
         except Exception as exc:  # noqa: BLE001 - the Prefect server down for a while: ask again next round
             log.warning("could not read %d flow run(s) from Prefect: %s", len(open_runs), exc)
-            return
+            return len(open_runs)
         for run in runs:
             key = open_runs.get(str(run.id))
             state = run.state.type.value if run.state else "SCHEDULED"
@@ -389,6 +392,7 @@ class Controller:
                 t.state, t.message = state, (run.state.message or "") if run.state else ""
             if state in FINAL and key:
                 self.enqueue(key)
+        return len(open_runs)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -455,6 +459,9 @@ def cmd_controller(args) -> int:
                       lease_s=args.lease_duration)
     if args.identity:
         options.identity = args.identity
+    # a Prefect server that is down must not hold the loop for the client's minute of retries: the
+    # controller tries again itself (reconcile_safely), and every other workspace goes on meanwhile
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "1")
     if not os.environ.get("PREFECT_API_URL"):
         raise KaiflowError("kaiflow controller needs PREFECT_API_URL: the Prefect server whose `workspace` deployment it "
                            "runs (kaiflow server prints it)")

@@ -162,13 +162,15 @@ def conditions(obj: dict | None) -> dict[str, str]:
 class Stack:
     def __init__(self, kube: FakeKube, api: str, home: Path, worker: subprocess.Popen, env: dict[str, str]) -> None:
         self.kube, self.api, self.home, self.worker, self.env = kube, api, home, worker, env
-        self.proxy = Proxy(int(kube.url.rsplit(":", 1)[1]))
+        self.proxy = Proxy(int(kube.url.rsplit(":", 1)[1]))  # the API server, as the controller reaches it
+        self.prefect_proxy = Proxy(int(api.split(":")[2].split("/")[0]))  # the Prefect API, likewise
         self.kubeconfig = kubeconfig_for(kube, home / "kubeconfig-direct")
         self.proxied_kubeconfig = kubeconfig_for(kube, home / "kubeconfig-proxied", self.proxy.port)
         self.controllers: list[subprocess.Popen] = []
 
     def start_controller(self, *extra: str, identity: str = "ctl-a", log_name: str | None = None) -> subprocess.Popen:
-        env = {**self.env, "KAIFLOW_KUBECONFIG": str(self.proxied_kubeconfig), "KAIFLOW_KUBE_REQUEST_TIMEOUT_S": "5"}
+        env = {**self.env, "KAIFLOW_KUBECONFIG": str(self.proxied_kubeconfig), "KAIFLOW_KUBE_REQUEST_TIMEOUT_S": "5",
+               "PREFECT_API_URL": f"http://127.0.0.1:{self.prefect_proxy.port}/api"}
         log = open(self.home / f"{log_name or identity}.log", "ab")  # noqa: SIM115 - the process keeps it
         p = subprocess.Popen([KAIFLOW, "controller", "--deployment", DEPLOYMENT, "--teardown-deployment", TEARDOWN,
                               "--lease-namespace", "default", "--lease-duration", "3", "--poll", "0.5",
@@ -242,7 +244,7 @@ def stack(prefect_api, tmp_path_factory) -> Iterator[Stack]:
     kube = FakeKube(versions=("1.30", "1.34")).start()
     worker = None
     try:
-        for path in sorted(CRDS.glob("*.yaml")):
+        for path in (CRDS / "workspace.kaito.sh.yaml", CRDS / "nodeclaims.karpenter.sh.yaml"):
             kube.install_crd(path)
         register_deployments(prefect_api)
         direct = kubeconfig_for(kube, home / "kubeconfig-worker")
@@ -259,6 +261,7 @@ def stack(prefect_api, tmp_path_factory) -> Iterator[Stack]:
         yield s
         s.stop_controllers()
         s.proxy.close()
+        s.prefect_proxy.close()
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -268,11 +271,3 @@ def stack(prefect_api, tmp_path_factory) -> Iterator[Stack]:
                 worker.kill()
                 worker.wait()
         kube.stop()
-
-
-@pytest.fixture
-def controller(stack: Stack) -> Iterator[Stack]:
-    """One controller process for the test (stopped after it)."""
-    stack.start_controller()
-    yield stack
-    stack.stop_controllers()

@@ -1,0 +1,81 @@
+"""The controller under faults: killed mid-run, API server errors and dropped watches, Prefect
+unreachable, changes Kaito forbids (the leader dying: test_controller.py). Each ends with the workspace Ready and
+exactly one flow run per generation acted on."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.controller.conftest import conditions, flow_runs, inference_workspace, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _running(api: str, name: str) -> bool:
+    return any(r["state_type"] == "RUNNING" for r in flow_runs(api, name))
+
+
+def test_sigkill_mid_run_no_duplicate_run_and_changes_made_while_down_are_picked_up(stack):
+    s = stack
+    name = "ctl-kill"
+    ctl = s.start_controller(identity="ctl-kill-1")
+    s.kubectl_apply(inference_workspace(name))
+    wait_for("the flow run running", lambda: _running(s.api, name), timeout=60)
+    ctl.send_signal(signal.SIGKILL)
+    ctl.wait()
+    uid = s.workspace(name)["metadata"]["uid"]
+
+    # while the controller is down: an allowed change (Kaito lets inference.config change) -> generation 2
+    s.kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-params", "namespace": "default"},
+                   "data": {"inference_config.yaml": "vllm:\n  max-model-len: 2048\n"}})
+    changed = inference_workspace(name)
+    changed["inference"]["config"] = f"{name}-params"
+    assert s.kubectl_apply(changed)["metadata"]["generation"] == 2
+
+    s.start_controller(identity="ctl-kill-2")
+    wait_for("generation 2 Ready", lambda: s.ready(name), timeout=300)
+    runs = flow_runs(s.api, name)
+    assert sorted((r["idempotency_key"], r["state_type"]) for r in runs) == [(f"{uid}-1", "COMPLETED"), (f"{uid}-2", "COMPLETED")]
+    assert f"{name}-params" in str(s.kube.get("apps/v1", "StatefulSet", name, "default"))  # generation 2 is what runs
+
+    # a change Kaito forbids: refused with a condition, observed, no run
+    forbidden = {**changed, "resource": {**changed["resource"], "instanceType": "Standard_NC24ads_A100_v4"}}
+    assert s.kubectl_apply(forbidden)["metadata"]["generation"] == 3
+    obj = wait_for("the refusal", lambda: (o := s.workspace(name)) and (o.get("status") or {}).get("observedGeneration") == 3 and o)
+    refusal = next(c for c in obj["status"]["conditions"] if c["type"] == "SpecAccepted")
+    assert refusal["status"] == "False" and refusal["reason"] == "ImmutableFieldChanged"
+    assert 'resource.instanceType: field is immutable (was "Standard_NC6s_v3", now "Standard_NC24ads_A100_v4")' in refusal["message"]
+    assert conditions(obj)["WorkspaceReady"] == "True"  # what runs keeps running
+    assert len(flow_runs(s.api, name)) == 2
+    s.stop_controllers()
+
+
+def test_api_errors_dropped_watch_410_and_prefect_outage_still_one_run(stack):
+    s = stack
+    name = "ctl-faults"
+    workspaces = r"/apis/kaito\.sh/v1alpha1/workspaces$"
+    s.kube.fail_next("GET", workspaces, status=500, times=2)
+    s.kube.fail_next("GET", workspaces, status=429, times=2, reason="TooManyRequests")
+    before = len(s.kube.requests)
+    s.start_controller("--lease-duration", "30", identity="ctl-faults")
+    wait_for("a watch open after the 500s and 429s", lambda: any(
+        r.method == "GET" and r.path.endswith("/workspaces") and r.query.get("watch") == "true"
+        for r in s.kube.requests[before:]), timeout=60)
+
+    # the API server unreachable (every connection dropped, watch included) and Prefect down while the user applies
+    s.prefect_proxy.down()
+    s.proxy.down()
+    s.kube.fail_next("GET", workspaces, status=410, times=1, reason="Expired")  # the re-watch finds its version gone
+    s.kubectl_apply(inference_workspace(name))
+    s.proxy.up()
+    wait_for("the controller failing to reach Prefect", lambda: "again in" in s.log("ctl-faults"), timeout=60)
+    s.prefect_proxy.up()
+
+    wait_for("the workspace Ready", lambda: s.ready(name), timeout=300)
+    log = s.log("ctl-faults")
+    assert "expired (410); listing again" in log
+    runs = flow_runs(s.api, name)
+    assert [r["state_type"] for r in runs] == ["COMPLETED"]
+    s.stop_controllers()
