@@ -84,8 +84,8 @@ def main() -> int:
     kube = FakeKube(versions=("1.30",)).start()
     procs: list[subprocess.Popen] = []
     try:
-        for crd in ("workspace.kaito.sh.yaml", "nodeclaims.karpenter.sh.yaml"):
-            kube.install_crd(REPO / "deployments" / "crds" / crd)
+        for path in sorted((REPO / "deployments" / "crds").glob("*.yaml")):
+            kube.install_crd(path)
         kubeconfig = kube.write_kubeconfig(home / "kubeconfig")
         from prefect.client.orchestration import get_client
 

@@ -23,6 +23,11 @@ Where the work runs: in the flow runs, on whatever worker serves the deployment'
 process worker from ``kaiflow server``, or a Kubernetes pool). The flow writes the conditions to the
 resource as it goes (``infra.kube.crstatus``); ``kaiflow apply`` runs the very same flow.
 
+InferenceSets (``kaito.sh`` InferenceSet, Kaito's N replicas of one inference Workspace) are watched
+too: each change, and each change of one of its child Workspaces, runs
+``infra.kube.inferenceset.reconcile`` (it creates/deletes the child Workspace resources and writes
+the set's status); the children are then Workspaces like any other, each with its own flow run.
+
 Leader election (``infra.kube.lease``): with two replicas only the Lease holder watches and acts;
 one that loses its Lease exits (its Deployment restarts it as a follower).
 
@@ -54,6 +59,7 @@ log = logging.getLogger("kaiflow.controller")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SPEC_ACCEPTED = "SpecAccepted"
+Key = tuple[str, ...]  # (namespace, name) of a Workspace, ("InferenceSet", namespace, name) of a set
 
 
 # --- what Kaito forbids changing (kaito-project/kaito api/v1alpha1/workspace_validation.go, validateUpdate) ---
@@ -132,6 +138,7 @@ class Options:
     deployment: str = "workspace/workspace"
     teardown_deployment: str = "teardown/teardown"
     api_version: str = "kaito.sh/v1alpha1"
+    inferenceset_api_version: str | None = "kaito.sh/v1beta1"  # None: InferenceSets are not watched
     namespaces: tuple[str, ...] = ()
     platform: str | None = "kubernetes"
     resync_s: float = 300.0
@@ -152,17 +159,21 @@ class Controller:
         self.prefect = prefect  # a SyncPrefectClient, used from the reconciling thread only
         self.o = options
         self.stop = stop or threading.Event()
-        self.objects: dict[tuple[str, str], dict] = {}
-        self.tracked: dict[tuple[str, str], Tracked] = {}
-        self.failures: dict[tuple[str, str], int] = {}
+        self.objects: dict[Key, dict] = {}
+        self.tracked: dict[Key, Tracked] = {}
+        self.failures: dict[Key, int] = {}
         self.teardown_attempts: dict[str, int] = {}
-        self._queue: list[tuple[float, tuple[str, str]]] = []
-        self._due: dict[tuple[str, str], float] = {}
+        self._queue: list[tuple[float, Key]] = []
+        self._due: dict[Key, float] = {}
         self._cv = threading.Condition()
         self._deployment_ids: dict[str, Any] = {}
         self.runs_created: set[str] = set()
         self.watcher = watch.Watcher(kube, options.api_version, "Workspace", self.on_event, namespaces=options.namespaces,
                                      resync_s=options.resync_s, stop=self.stop)
+        self.inferencesets: dict[Key, dict] = {}
+        self.set_watcher = watch.Watcher(kube, options.inferenceset_api_version, "InferenceSet", self.on_inferenceset,
+                                         namespaces=options.namespaces, resync_s=options.resync_s, stop=self.stop,
+                                         max_backoff_s=60.0) if options.inferenceset_api_version else None
 
     # -- events in -------------------------------------------------------------------------
     def on_event(self, kind: str, obj: dict) -> None:
@@ -180,6 +191,27 @@ class Controller:
             else:
                 self.objects[key] = obj
         self.enqueue(key)
+        self._parent_set(obj)
+
+    def on_inferenceset(self, kind: str, obj: dict) -> None:
+        from infra.kube import watch
+
+        ns, name = watch.object_key(obj)
+        with self._cv:
+            if kind == "DELETED":
+                self.inferencesets.pop((ns, name), None)  # its children go with it (owner references)
+                return
+            self.inferencesets[(ns, name)] = obj
+        self.enqueue(("InferenceSet", ns, name))
+
+    def _parent_set(self, obj: dict) -> None:
+        """A child Workspace changed: its InferenceSet's status (ready replicas) may have too."""
+        from infra.kube import inferenceset
+
+        parent = ((obj.get("metadata") or {}).get("labels") or {}).get(inferenceset.CREATED_BY)
+        ns = (obj.get("metadata") or {}).get("namespace") or ""
+        if parent and (ns, parent) in self.inferencesets:
+            self.enqueue(("InferenceSet", ns, parent))
 
     def _needs_teardown_after_delete(self, obj: dict) -> bool:
         """Gone without our finalizer having run (a server or a user that removed it): tear down anyway."""
@@ -187,7 +219,7 @@ class Controller:
 
         return crcontrol.has_finalizer(obj)
 
-    def enqueue(self, key: tuple[str, str], delay: float = 0.0) -> None:
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
         due = time.monotonic() + delay
         with self._cv:
             if key in self._due and self._due[key] <= due:
@@ -196,7 +228,7 @@ class Controller:
             heapq.heappush(self._queue, (due, key))
             self._cv.notify()
 
-    def _next_due(self, wait_s: float) -> tuple[str, str] | None:
+    def _next_due(self, wait_s: float) -> Key | None:
         with self._cv:
             deadline = time.monotonic() + wait_s
             while not self.stop.is_set():
@@ -216,8 +248,11 @@ class Controller:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
         """Watch and reconcile until ``stop``."""
-        thread = threading.Thread(target=self.watcher.run, name="watch-workspaces", daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=self.watcher.run, name="watch-workspaces", daemon=True)]
+        if self.set_watcher is not None:
+            threads.append(threading.Thread(target=self.set_watcher.run, name="watch-inferencesets", daemon=True))
+        for thread in threads:
+            thread.start()
         next_poll = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -232,9 +267,10 @@ class Controller:
                     self.reconcile_safely(key)
         finally:
             self.stop.set()
-            thread.join(timeout=5)
+            for thread in threads:
+                thread.join(timeout=5)
 
-    def reconcile_safely(self, key: tuple[str, str]) -> None:
+    def reconcile_safely(self, key: Key) -> None:
         try:
             again = self.reconcile(key)
             self.failures.pop(key, None)
@@ -242,14 +278,17 @@ class Controller:
             n = self.failures[key] = self.failures.get(key, 0) + 1
             again = min(self.o.requeue_s * 2 ** (n - 1), self.o.max_backoff_s)
             conflict = isinstance(exc, KaiflowError) and exc.reason == "Conflict"
-            (log.info if conflict else log.warning)("workspace %s/%s: %s: %s; again in %.1f s", *key, type(exc).__name__,
+            (log.info if conflict else log.warning)("%s: %s: %s; again in %.1f s", "/".join(key), type(exc).__name__,
                                                     exc, again)
         if again is not None:
             self.enqueue(key, again)
 
-    def reconcile(self, key: tuple[str, str]) -> float | None:
-        """Act on one workspace; returns when to look again (None: when it changes)."""
+    def reconcile(self, key: Key) -> float | None:
+        """Act on one workspace (or InferenceSet); returns when to look again (None: when it changes)."""
         from infra.kube import crcontrol
+
+        if len(key) == 3:
+            return self._reconcile_set(key)
 
         with self._cv:
             obj = self.objects.get(key)
@@ -304,7 +343,25 @@ class Controller:
             self.tracked.pop(key, None)
         return None
 
-    def _finalize(self, key: tuple[str, str], obj: dict) -> float | None:
+    def _reconcile_set(self, key: Key) -> float | None:
+        from infra.kube import inferenceset
+
+        with self._cv:
+            obj = self.inferencesets.get(key[1:])
+        if obj is None:
+            return None
+        try:
+            result = inferenceset.reconcile(self.kube, obj)
+        except KaiflowError as exc:
+            if exc.reason == "NotFound":
+                return None
+            raise
+        if result.created or result.deleted:
+            log.info("InferenceSet %s/%s: %d/%d ready; created %s; deleted %s", key[1], key[2], result.ready, result.desired,
+                     ", ".join(result.created) or "-", ", ".join(result.deleted) or "-")
+        return None
+
+    def _finalize(self, key: Key, obj: dict) -> float | None:
         from infra.kube import crcontrol
 
         m = obj["metadata"]
@@ -335,7 +392,7 @@ class Controller:
                 self.objects.pop(key, None)
         return None
 
-    def _store(self, key: tuple[str, str], obj: dict) -> dict:
+    def _store(self, key: Key, obj: dict) -> dict:
         with self._cv:
             current = self.objects.get(key)
             newer = current is None or int(current["metadata"].get("resourceVersion") or 0) <= int(
@@ -350,7 +407,7 @@ class Controller:
             self._deployment_ids[name] = self.prefect.read_deployment_by_name(name).id
         return self._deployment_ids[name]
 
-    def _ensure_run(self, key: tuple[str, str], purpose: str, idem: str, gen: int, deployment: str,
+    def _ensure_run(self, key: Key, purpose: str, idem: str, gen: int, deployment: str,
                     parameters: dict, name: str) -> Tracked:
         with self._cv:
             known = self.tracked.get(key)
@@ -456,7 +513,8 @@ def cmd_controller(args) -> int:
     options = Options(deployment=args.deployment, teardown_deployment=args.teardown_deployment, api_version=args.api_version,
                       namespaces=tuple(args.namespace or ()), platform=platform, resync_s=args.resync, poll_s=args.poll,
                       lease_name=None if args.no_leader_election else args.lease_name, lease_namespace=args.lease_namespace,
-                      lease_s=args.lease_duration)
+                      lease_s=args.lease_duration,
+                      inferenceset_api_version=None if args.no_inferencesets else "kaito.sh/v1beta1")
     if args.identity:
         options.identity = args.identity
     # a Prefect server that is down must not hold the loop for the client's minute of retries: the
@@ -482,4 +540,5 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--lease-namespace", help="default: the service account's namespace, else the context's")
     c.add_argument("--lease-duration", type=int, default=15, metavar="S", help="a dead leader is replaced after S seconds")
     c.add_argument("--no-leader-election", action="store_true", help="run without a Lease (one replica only)")
+    c.add_argument("--no-inferencesets", action="store_true", help="do not watch InferenceSets (their CRD is not installed)")
     c.add_argument("--identity", help="the Lease holder's name (default: $POD_NAME, else host-pid)")

@@ -204,7 +204,8 @@ class Stack:
         try:
             m = doc["metadata"]
             ns = m.get("namespace") or "default"
-            url = f"/apis/{doc['apiVersion']}/namespaces/{ns}/workspaces/{m['name']}"
+            plural = {"Workspace": "workspaces", "InferenceSet": "inferencesets"}[doc["kind"]]
+            url = f"/apis/{doc['apiVersion']}/namespaces/{ns}/{plural}/{m['name']}"
             resp = api.call_api(url, "PATCH", query_params=[("fieldManager", "user"), ("force", "true")],
                                 header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
                                 body=doc, auth_settings=["BearerToken"], _preload_content=False)
@@ -244,7 +245,7 @@ def stack(prefect_api, tmp_path_factory) -> Iterator[Stack]:
     kube = FakeKube(versions=("1.30", "1.34")).start()
     worker = None
     try:
-        for path in (CRDS / "workspace.kaito.sh.yaml", CRDS / "nodeclaims.karpenter.sh.yaml"):
+        for path in sorted(CRDS.glob("*.yaml")):  # as `kubectl apply -f deployments/crds/` would
             kube.install_crd(path)
         register_deployments(prefect_api)
         direct = kubeconfig_for(kube, home / "kubeconfig-worker")

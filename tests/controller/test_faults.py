@@ -52,7 +52,7 @@ def test_sigkill_mid_run_no_duplicate_run_and_changes_made_while_down_are_picked
     s.stop_controllers()
 
 
-def test_api_errors_dropped_watch_410_and_prefect_outage_still_one_run(stack):
+def test_api_errors_dropped_watch_410_and_prefect_outage_still_one_run_for_an_inferenceset_replica(stack):
     s = stack
     name = "ctl-faults"
     workspaces = r"/apis/kaito\.sh/v1alpha1/workspaces$"
@@ -68,14 +68,21 @@ def test_api_errors_dropped_watch_410_and_prefect_outage_still_one_run(stack):
     s.prefect_proxy.down()
     s.proxy.down()
     s.kube.fail_next("GET", workspaces, status=410, times=1, reason="Expired")  # the re-watch finds its version gone
-    s.kubectl_apply(inference_workspace(name))
+    # an InferenceSet of one replica: the controller makes its child Workspace, then runs that one's flow
+    s.kubectl_apply({"apiVersion": "kaito.sh/v1beta1", "kind": "InferenceSet", "metadata": {"name": name, "namespace": "default"},
+                     "spec": {"replicas": 1, "labelSelector": {"matchLabels": {"apps": name}},
+                              "template": {"resource": {"instanceType": "Standard_NC6s_v3"},
+                                           "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}}}}})
     s.proxy.up()
     wait_for("the controller failing to reach Prefect", lambda: "again in" in s.log("ctl-faults"), timeout=60)
     s.prefect_proxy.up()
 
-    wait_for("the workspace Ready", lambda: s.ready(name), timeout=300)
+    child = f"{name}-0"
+    wait_for("the child workspace Ready", lambda: s.ready(child), timeout=300)
     log = s.log("ctl-faults")
     assert "expired (410); listing again" in log
-    runs = flow_runs(s.api, name)
+    runs = flow_runs(s.api, child)
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
+    wait_for("the set's status", lambda: ((s.kube.get("kaito.sh/v1beta1", "InferenceSet", name, "default") or {}).get("status") or {})
+             .get("readyReplicas") == 1, timeout=60)
     s.stop_controllers()
