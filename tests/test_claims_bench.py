@@ -69,3 +69,11 @@ def test_bench_coldstart_prints_its_ratio_and_where_the_seconds_go(prefect_api):
     assert re.search(rf"^RESULT coldstart_ratio={RATIO}$", out, re.M), out
     assert re.search(r"^\s+\d+\.\d+ s\s+nan s  task deploy", out, re.M), out
 
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_adapters_prints_its_ratios():
+    out = bench("adapters.py", "--adapters", "2", "--rounds", "1", "--concurrency", "2", "--requests-per-client", "1",
+                "--max-tokens", "2", env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}, timeout=1500)
+    assert re.search(rf"^\s+2 \| spread \| +\d+\.\d \| +\d+\.\d \| +{RATIO} \| +{RATIO} \| +{RATIO}$", out, re.M), out
+    assert re.search(rf"^RESULT adapters2_vs_vllm={RATIO}$", out, re.M), out

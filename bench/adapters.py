@@ -1,0 +1,201 @@
+"""Many LoRA adapters on one server: kaiflow's server (vLLM engine) against vLLM's own OpenAI server.
+
+For each adapter count N (1, 8, 32 by default) both servers start at once with the same N random
+LoRA adapters of tiny-phi-3 (rank 8 on every attention and MLP projection, as tests/serving
+builds them) and the same engine settings (float32, max-model-len 1024, max-loras max(4, N),
+max-lora-rank 16: kaiflow's defaults, given to vLLM by hand). The same asyncio client then sends
+rounds of 32 concurrent completions (``ignore_eos``, fixed length) to each, alternating server
+and order round by round, in two loads:
+
+* **spread**: request i asks for adapter i mod N (``"model": "a<i>"``): every adapter busy at once;
+* **one**: the same requests all to adapter a0: "the same load on one adapter", on the same server.
+
+Printed per N: tokens/s of each server and load, the kaiflow/vLLM ratio (target >= 0.95 at 8
+adapters) and spread/one (target >= 0.8 at 8 adapters; measured side by side on one server, so
+the ratio says what serving many adapters costs, not what a fresh server costs). Each adapter is
+asked once before timing (vLLM loads a LoRA into its slots on first use).
+
+    .venv/bin/python bench/adapters.py                       # N = 1 8 32, 3 rounds
+    .venv/bin/python bench/adapters.py --adapters 8 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.serving import PROMPTS  # noqa: E402
+from infra import local_process  # noqa: E402
+
+TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # tests/serving/conftest.py's
+
+
+def build_adapters(model_dir: str, root: Path, count: int, rank: int = 8) -> list[Path]:
+    """``count`` LoRA adapters with random A and B: the first made by peft, the others its copies
+    with fresh random tensors of the same shapes (one model load instead of ``count``)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    first = root / "a0"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(first)
+    tensors = load_file(str(first / "adapter_model.safetensors"))
+    dirs = [first]
+    for i in range(1, count):
+        torch.manual_seed(i)
+        dest = root / f"a{i}"
+        dest.mkdir()
+        shutil.copy(first / "adapter_config.json", dest / "adapter_config.json")
+        save_file({k: torch.randn_like(v) * v.std() for k, v in tensors.items()}, str(dest / "adapter_model.safetensors"))
+        dirs.append(dest)
+    return dirs
+
+
+async def load(url: str, names: list[str], concurrency: int, requests: int, max_tokens: int) -> float:
+    """Tokens/s of ``requests`` completions, ``concurrency`` at a time, request i to ``names[i % len]``."""
+    tokens = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = {"model": names[i % len(names)], "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens,
+                    "temperature": 0, "ignore_eos": True}
+            response = await client.post(f"{url}/v1/completions", json=body)
+            if response.status_code != 200:
+                raise SystemExit(f"{url} answered {response.status_code}: {response.text[:500]}")
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return tokens / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def both_servers(model_path: str, dirs: list[Path], env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """vLLM's server and kaiflow's, started at once (their start-ups overlap), with adapters a0..aN-1."""
+    config = Path(tempfile.mkstemp(suffix=".yaml")[1])
+    config.write_text("vllm:\n  dtype: float32\n  max-model-len: 1024\n")
+    k_port, v_port = local_process.free_port(), local_process.free_port()
+    kaiflow_argv = ["-m", "serving", "--model", model_path, "--engine", "vllm", "--config", str(config),
+                    "--port", str(k_port), "--served-model-name", "m", "--max-queue-depth", "1024"]
+    for i, d in enumerate(dirs):
+        kaiflow_argv += ["--adapter", f"a{i}={d}"]
+    vllm_argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--dtype", "float32",
+                 "--max-model-len", "1024", "--enable-lora", "--max-loras", str(max(4, len(dirs))),
+                 "--max-lora-rank", "16", "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port),
+                 "--lora-modules", *(f"a{i}={d}" for i, d in enumerate(dirs))]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        urls = []
+        for name, argv, port in (("vllm", vllm_argv, v_port), ("kaiflow", kaiflow_argv, k_port)):
+            log = Path(tempfile.mkstemp(prefix=f"bench-adapters-{name}-", suffix=".log")[1])
+            with log.open("w") as out:  # both start now: their start-ups overlap
+                procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                              env=env))
+            urls.append((name, f"http://127.0.0.1:{port}", procs[-1].pid, argv, log))
+        for name, url, pid, argv, log in urls:
+            local_process.wait_healthy(f"{url}/health", pid=pid, marker=" ".join(argv[:2]), timeout=900, log_path=log)
+            print(f"{name}: up at {url} (log {log})", flush=True)
+        yield urls[0][1], urls[1][1]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    config.unlink()
+
+
+def run_level(model_path: str, root: Path, n: int, args: argparse.Namespace, env: dict[str, str],
+              dirs: list[Path]) -> dict[tuple[str, str], list[float]]:
+    names = [f"a{i}" for i in range(n)]
+    loads = {"spread": names, "one": names[:1]}
+    results: dict[tuple[str, str], list[float]] = {}
+    started = time.perf_counter()
+    with both_servers(model_path, dirs[:n], env) as (v_url, k_url):
+        print(f"N={n}: both servers up in {time.perf_counter() - started:.0f} s", flush=True)
+        for url in (v_url, k_url):  # warm-up: every adapter once (loaded into a slot on first use), then a full round
+            asyncio.run(load(url, names, min(n, args.concurrency), n, 2))
+            asyncio.run(load(url, names, args.concurrency, args.concurrency, args.max_tokens))
+        for r in range(args.rounds):
+            order = [("vllm", v_url), ("kaiflow", k_url)]
+            for kind in (("spread", "one") if r % 2 == 0 else ("one", "spread")):
+                for name, url in (order if r % 2 == 0 else order[::-1]):
+                    tok_s = asyncio.run(load(url, loads[kind], args.concurrency,
+                                             args.concurrency * args.requests_per_client, args.max_tokens))
+                    results.setdefault((name, kind), []).append(tok_s)
+                    print(f"N={n} round {r} {kind:>6} {name:>7}: {tok_s:8.1f} tok/s", flush=True)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-phi-3")
+    p.add_argument("--adapters", type=int, nargs="+", default=[1, 8, 32], help="adapter counts (default 1 8 32)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=16)
+    args = p.parse_args()
+    began = time.perf_counter()
+    import presets
+
+    model_path = presets.resolve_model_source(args.model)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           "VLLM_NO_USAGE_STATS": "1"}
+    table = []
+    with tempfile.TemporaryDirectory(prefix="kaiflow-bench-adapters-") as tmp:
+        dirs = build_adapters(model_path, Path(tmp), max(args.adapters))
+        print(f"{len(dirs)} adapters built in {time.perf_counter() - began:.0f} s", flush=True)
+        for n in args.adapters:
+            res = run_level(model_path, Path(tmp), n, args, env, dirs)
+            med = {key: statistics.median(values) for key, values in res.items()}
+            table.append((n, med))
+    print(f"\n{args.concurrency} concurrent, {args.max_tokens} tokens each, {args.rounds} rounds; tok/s are medians")
+    print("adapters | load   | vLLM tok/s | kaiflow tok/s | kaiflow/vLLM | kaiflow spread/one | vLLM spread/one")
+    for n, med in table:
+        for kind in ("spread", "one"):
+            extra = (f" | {med[('kaiflow', 'spread')] / med[('kaiflow', 'one')]:18.2f} | "
+                     f"{med[('vllm', 'spread')] / med[('vllm', 'one')]:15.2f}") if kind == "spread" else " |" + " " * 19 + "|"
+            print(f"{n:>8} | {kind:<6} | {med[('vllm', kind)]:10.1f} | {med[('kaiflow', kind)]:13.1f} | "
+                  f"{med[('kaiflow', kind)] / med[('vllm', kind)]:12.2f}{extra}")
+        print(f"RESULT adapters{n}_vs_vllm={med[('kaiflow', 'spread')] / med[('vllm', 'spread')]:.2f}")
+        print(f"RESULT adapters{n}_vs_one={med[('kaiflow', 'spread')] / med[('kaiflow', 'one')]:.2f}")
+    for n, med in table:
+        if n == 8:
+            vs_v = med[("kaiflow", "spread")] / med[("vllm", "spread")]
+            vs_one = med[("kaiflow", "spread")] / med[("kaiflow", "one")]
+            print(f"targets at 8 adapters: vs raw vLLM {vs_v:.2f} (>= 0.95 {'met' if vs_v >= 0.95 else 'NOT met'}), "
+                  f"vs one adapter {vs_one:.2f} (>= 0.8 {'met' if vs_one >= 0.8 else 'NOT met'})")
+    print(f"took {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
