@@ -67,5 +67,11 @@ def run(cfg: config.ServerConfig) -> int:
         server.should_exit = True
 
     app.state.server.on_fatal = fatal
+    if cfg.group is not None:  # the leader: a worker that leaves ends the group (serving.multinode)
+        def group_lost(reason: str) -> None:
+            app.state.server.failure = reason
+            fatal(reason)
+
+        multinode.Membership(cfg.group, cfg.host, group_lost)
     server.run()
     return 1 if app.state.server.failure else 0

@@ -15,10 +15,14 @@ and the launcher needs no second process tree to keep alive. The group is torch.
   runs), with the same engine arguments (the same command line on every node: the role comes from
   the rank). It serves no API.
 
-A group is only as alive as its members. A worker watches the leader's rendezvous port and exits
-(non-zero) once the leader has gone, so its pod restarts and joins the leader's next group; the
-leader's engine fails when a stage dies, its ``/health`` turns 503 and the liveness probe restarts
-it. The node rank is a number, or ``auto``: ``POD_INDEX`` (the StatefulSet's pod-index label via
+A group is only as alive as its members, and vLLM alone does not notice a lost worker: the leader
+kept answering ``/health`` and a request hung in the stage that could not reach the next one. So
+every worker keeps a TCP connection to the leader's membership port (``master_port + 1``) from the
+moment it joins: when a worker's connection drops, the leader exits non-zero (its pod restarts,
+and with it the group); when the leader's side drops, the worker exits (code 3) and its pod
+restarts to join the leader's next group. Stage processes die with the node process that started
+them (`serving.engines.lifeline`).
+The node rank is a number, or ``auto``: ``POD_INDEX`` (the StatefulSet's pod-index label via
 the downward API, as Kaito sets it), else the ordinal at the end of the host name (``name-1``).
 """
 
@@ -34,7 +38,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from serving import errors
 
@@ -42,8 +46,7 @@ log = logging.getLogger(__name__)
 
 STAGE_EXTENSION = "serving.multinode.PipelineStage"
 DEFAULT_MASTER_PORT = 29500  # the port Kaito's Services name torchrun
-WATCH_EVERY_S = 5.0
-LEADER_GONE_AFTER = 3  # consecutive refused connections to the leader's port before a worker exits
+RETRY_JOIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Group:
     @property
     def leader(self) -> bool:
         return self.node_rank == 0
+
+    @property
+    def membership_port(self) -> int:
+        return self.master_port + 1
 
     def engine_args(self) -> dict[str, object]:
         return {"nnodes": self.nnodes, "node_rank": self.node_rank, "master_addr": self.master_addr,
@@ -159,7 +166,7 @@ def run_worker(engine: object, group: Group, host: str, port: int) -> int:
     vllm_config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
     log.info("worker: node rank %d of %d joining the group at %s:%d", group.node_rank, group.nnodes,
              group.master_addr, group.master_port)
-    threading.Thread(target=_watch_leader, args=(group,), daemon=True, name="leader-watch").start()
+    threading.Thread(target=hold_membership, args=(group,), daemon=True, name="membership").start()
     health = _health_server(group, host, port)
     threading.Thread(target=health.serve_forever, daemon=True, name="worker-health").start()
     executor = MultiprocExecutor(vllm_config, monitor_workers=False)
@@ -195,26 +202,63 @@ def _health_server(group: Group, host: str, port: int) -> http.server.ThreadingH
     return http.server.ThreadingHTTPServer((host, port), Health)
 
 
-def leader_reachable(group: Group, timeout_s: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((group.master_addr, group.master_port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _watch_leader(group: Group) -> None:
-    """Exit this process once the leader's rendezvous port has been gone a while (after it was seen):
-    a worker left in a dead group would hang in its collectives forever instead of rejoining."""
-    seen, misses = False, 0
+def hold_membership(group: Group) -> None:
+    """Worker side: connect to the leader's membership port (retrying until it listens), say this
+    rank, then wait; once the connection ends (the leader is gone) exit the process (code 3)."""
     while True:
-        time.sleep(WATCH_EVERY_S)
-        if leader_reachable(group):
-            seen, misses = True, 0
-            continue
-        misses += 1
-        if seen and misses >= LEADER_GONE_AFTER:
-            log.error("worker: the leader %s:%d is gone; exiting so this node rejoins its next group",
-                      group.master_addr, group.master_port)
-            sys.stderr.flush()
-            os._exit(3)
+        try:
+            conn = socket.create_connection((group.master_addr, group.membership_port), timeout=10)
+            break
+        except OSError:
+            time.sleep(RETRY_JOIN_S)
+    conn.settimeout(None)
+    conn.sendall(f"rank {group.node_rank}\n".encode())
+    try:
+        while conn.recv(64):
+            pass
+    except OSError:
+        pass
+    log.error("worker: the leader %s is gone; exiting so this node rejoins its next group", group.master_addr)
+    sys.stderr.flush()
+    os._exit(3)
+
+
+class Membership:
+    """Leader side: accepts each worker's membership connection; ``on_lost(reason)`` is called once,
+    when a worker that joined drops its connection (its process died, or its node went)."""
+
+    def __init__(self, group: Group, host: str, on_lost: Callable[[str], None]) -> None:
+        self.group, self.on_lost = group, on_lost
+        self.members: set[int] = set()
+        self._lost = threading.Event()
+        self._server = socket.create_server((host, group.membership_port), reuse_port=False)
+        threading.Thread(target=self._accept, daemon=True, name="membership").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._member, args=(conn,), daemon=True, name="member").start()
+
+    def _member(self, conn: socket.socket) -> None:
+        with conn:
+            hello = conn.makefile("r").readline().split()
+            if len(hello) != 2 or hello[0] != "rank" or not hello[1].isdigit():
+                return
+            rank = int(hello[1])
+            self.members.add(rank)
+            log.info("group: node rank %d joined (%d of %d workers)", rank, len(self.members), self.group.nnodes - 1)
+            try:
+                while conn.recv(64):
+                    pass
+            except OSError:
+                pass
+            self.members.discard(rank)
+        if not self._lost.is_set():
+            self._lost.set()
+            self.on_lost(f"node rank {rank} left the group; the leader exits so the whole group restarts")
+
+    def close(self) -> None:
+        self._server.close()

@@ -28,7 +28,9 @@ same dicts (with owner references once the Workspace CR has a uid). Choices, and
   serves), so one probe set fits both roles and a worker's readiness never waits on the leader:
   with ``podManagementPolicy: Parallel`` a rolling update replaces pods without the deadlock of
   workers that cannot be Ready until the leader is, nor a leader that cannot be until they are.
-  Kaito v0.12 runs a Ray head and Ray workers here; kaiflow uses vLLM's own multi-node launcher
+  Workers also hold a connection to the leader's membership port (``MASTER_PORT + 1``): a lost
+  worker makes the leader exit, a lost leader makes the workers exit, and the pods restart as one
+  group. Kaito v0.12 runs a Ray head and Ray workers here; kaiflow uses vLLM's own multi-node launcher
   (see ``serving.multinode``: vLLM's CPU build refuses Ray, and one process tree is simpler to
   keep alive).
 - **Tuning** is a Job with ``backoffLimit: 0`` (a failed run is reported, not silently repeated) and

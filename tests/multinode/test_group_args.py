@@ -50,22 +50,58 @@ def test_a_group_refuses_the_transformers_engine() -> None:
                           "--master-addr", "127.0.0.1"])
 
 
-def test_a_worker_exits_once_the_leaders_port_is_gone() -> None:
-    """The watch a worker runs beside its stage: after the leader's rendezvous port was seen and then
-    refused a few times, the process exits (code 3), so its pod restarts and joins the next group."""
-    import socket
+def _worker(port: int):
+    """A child process holding a worker's membership connection to 127.0.0.1:port + 1 (rank 1)."""
     import subprocess
     import sys
 
+    code = f"from serving import multinode as m; m.hold_membership(m.Group(2, 1, '127.0.0.1', {port}))"
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def test_the_leader_learns_at_once_that_a_worker_left() -> None:
+    """vLLM alone does not notice a lost stage (the leader stayed healthy and a request hung): the
+    membership connection makes the leader exit, so the whole group restarts."""
+    import threading
+
+    from infra import local_process
+
+    port = local_process.free_port()
+    lost: list[str] = []
+    left = threading.Event()
+    membership = multinode.Membership(multinode.Group(2, 0, "127.0.0.1", port - 1), "127.0.0.1",
+                                      lambda reason: (lost.append(reason), left.set()))
+    worker = _worker(port - 1)
+    try:
+        deadline = 60.0
+        while not membership.members and deadline > 0:
+            left.wait(0.1)
+            deadline -= 0.1
+        assert membership.members == {1}
+        worker.kill()
+        assert left.wait(30) and lost == ["node rank 1 left the group; the leader exits so the whole group restarts"]
+    finally:
+        worker.kill()
+        worker.wait()
+        membership.close()
+
+
+def test_a_worker_exits_once_the_leader_is_gone() -> None:
+    """The other way: the leader's side of the connection ends, the worker exits (code 3) so its
+    pod restarts and joins the leader's next group."""
+    import socket
+
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    code = ("import sys; from serving import multinode as m; m.WATCH_EVERY_S = 0.2; "
-            f"m._watch_leader(m.Group(2, 1, '127.0.0.1', {port})); sys.exit(0)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    worker = _worker(port - 1)
     try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=1.5)  # the leader is there: the worker stays
+        conn, _ = listener.accept()
+        assert conn.makefile("r").readline() == "rank 1\n"
+        conn.close()  # the leader goes
+        assert worker.wait(timeout=30) == 3
+        assert "the leader 127.0.0.1 is gone" in worker.stderr.read()
     finally:
-        listener.close()  # the leader goes
-    assert proc.wait(timeout=30) == 3
-    assert "the leader 127.0.0.1" in proc.stderr.read()
+        listener.close()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
