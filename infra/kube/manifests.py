@@ -560,7 +560,8 @@ def group_layout(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: st
     return [f"group: {nodes} pods of StatefulSet {dns_label(ws.name)}; pod 0 is the leader: it serves HTTP on :{SERVER_PORT} "
             f"(Service {dns_label(ws.name)} port 80 selects pod 0 only)",
             f"group: {workers} the leader at {leader_address(ws, namespace)}:{MASTER_PORT} "
-            f"(Service {headless_name(ws)}, not-ready addresses published); vLLM's multi-node launcher, no Ray"]
+            f"(Service {headless_name(ws)}, not-ready addresses published); each keeps a connection to its :{MASTER_PORT + 1} "
+            "(a member that leaves restarts the group); vLLM's multi-node launcher, no Ray"]
 
 
 def group_args(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str) -> list[str]:

@@ -88,4 +88,4 @@ def test_plan_shows_the_leader_worker_layout_and_ports() -> None:
     ws = loader.load_files([REPO / "examples" / "multinode" / "phi-3-medium-two-a10.yaml"]).workspaces[0]
     lines = manifests.group_layout(ws, plan.plan_workspace(ws, "kubernetes"), "default")
     assert "pod 0 is the leader" in lines[0] and ":5000" in lines[0] and "port 80" in lines[0]
-    assert "pod 1 runs a pipeline stage" in lines[1] and ":29500" in lines[1] and "no Ray" in lines[1]
+    assert "pod 1 runs a pipeline stage" in lines[1] and ":29500" in lines[1] and ":29501" in lines[1] and "no Ray" in lines[1]
