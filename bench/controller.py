@@ -128,14 +128,16 @@ def main() -> int:
         deadline = time.time() + args.timeout
         while True:
             items = kube.list("kaito.sh/v1alpha1", "Workspace", "default")
-            ready = [w for w in items if (w.get("status") or {}).get("observedGeneration") == w["metadata"]["generation"]
-                     and any(c["type"] == "WorkspaceReady" and c["status"] == "True" for c in w["status"].get("conditions") or [])]
+            done = [w for w in items if (w.get("status") or {}).get("observedGeneration") == w["metadata"]["generation"]]
+            ready = [w for w in done if any(c["type"] == "WorkspaceReady" and c["status"] == "True"
+                                            for c in w["status"].get("conditions") or [])]
             if created_at is None and len(runs_of(api, f"workspace/{NAME}")) >= args.count:
                 created_at = time.perf_counter() - t0
-            if len(ready) == args.count:
+            if len(done) == args.count:  # every run final: Ready, or said why not
                 break
             if ctl.poll() is not None or time.time() > deadline:
-                print(f"only {len(ready)}/{args.count} Ready (controller exit code {ctl.poll()}); logs in {home}", file=sys.stderr)
+                print(f"only {len(done)}/{args.count} done, {len(ready)} Ready (controller exit code {ctl.poll()}); logs in {home}",
+                      file=sys.stderr)
                 return 1
             time.sleep(1)
         total = time.perf_counter() - t0
@@ -147,10 +149,20 @@ def main() -> int:
         print(f"workspaces: {args.count} applied with one `kubectl apply -f` in {applied:.1f} s; worker limit {args.worker_limit}")
         print(f"all flow runs created after {created_at or total:.1f} s "
               f"({args.count / max(created_at or total, 1e-9) * 60:.0f} workspaces/min created)")
-        print(f"all WorkspaceReady after {total:.1f} s: {args.count / total * 60:.1f} workspaces/min to WorkspaceReady")
+        print(f"all WorkspaceReady after {total:.1f} s: {len(ready) / total * 60:.1f} workspaces/min to WorkspaceReady "
+              f"({len(ready)}/{args.count} Ready)")
         print(f"controller peak RSS: {rss:.0f} MiB")
-        print(f"Prefect runs created: {len(runs)} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))}); expected {args.count}")
-        return 0 if len(runs) == args.count else 1
+        crashed = states.get("CRASHED", 0)
+        print(f"Prefect runs created: {len(runs)} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))}); expected {args.count}"
+              + (f" + {crashed} started again after crashing" if crashed else ""))
+        per_workspace = {}
+        for r in runs:
+            if r["state_type"] != "CRASHED":
+                per_workspace[r["name"]] = per_workspace.get(r["name"], 0) + 1
+        doubled = sorted(n for n, c in per_workspace.items() if c > 1)
+        if doubled:
+            print(f"DOUBLED: {', '.join(doubled)}")
+        return 0 if len(runs) - crashed == args.count and not doubled and len(ready) == args.count else 1
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -10,7 +10,8 @@ keyed by namespace/name, one at a time, in one thread:
                                 SpecAccepted=False, observedGeneration = generation, no run
                            └──► create a run of the ``workspace/workspace`` deployment, idempotency
                                 key ``<uid>-<generation>``; when it is final: observedGeneration =
-                                generation (and WorkspaceReady=False if the run died without saying)
+                                generation (a Crashed run is started again, twice at most, under
+                                key ``<uid>-<generation>-r<n>``; WorkspaceReady=False if it stays dead)
     deletionTimestamp set ────► a run of ``teardown/teardown`` (key ``<uid>-teardown-<n>``); when it
                                 completed and no NodeClaim of the workspace is left: drop the finalizer
 
@@ -145,6 +146,7 @@ class Options:
     poll_s: float = 2.0
     requeue_s: float = 2.0
     max_backoff_s: float = 30.0
+    crash_retries: int = 2  # a Crashed run (not a Failed one) is started again, under key <uid>-<generation>-r<n>
     lease_name: str | None = "kaiflow-controller"
     lease_namespace: str | None = None
     lease_s: int = 15
@@ -163,6 +165,7 @@ class Controller:
         self.tracked: dict[Key, Tracked] = {}
         self.failures: dict[Key, int] = {}
         self.teardown_attempts: dict[str, int] = {}
+        self.crash_retries: dict[tuple[str, int], int] = {}
         self._queue: list[tuple[float, Key]] = []
         self._due: dict[Key, float] = {}
         self._cv = threading.Condition()
@@ -327,11 +330,21 @@ class Controller:
         passed = settings.for_run()
         if passed:
             parameters["run_settings"] = passed
-        run = self._ensure_run(key, "apply", f"{uid}-{gen}", gen, self.o.deployment, parameters, m["name"])
+        retry = self.crash_retries.get((uid, gen), 0)
+        idem = f"{uid}-{gen}" if retry == 0 else f"{uid}-{gen}-r{retry}"
+        run = self._ensure_run(key, "apply", idem, gen, self.o.deployment, parameters, m["name"])
         if accepted_view != immutable_view(obj):
             self._store(key, crcontrol.set_accepted(self.kube, obj, immutable_view(obj)))
         if run.state not in FINAL:
             return None  # poll_runs enqueues it when the run is final
+        if run.state == "CRASHED" and retry < self.o.crash_retries:
+            # the flow never said anything: its process or the worker's submission died (a Failed run
+            # is the flow's verdict and is not retried); a new key, so the retry is a run of its own
+            log.warning("workspace %s/%s generation %d: run %s crashed (%s); starting it again", *key, gen, run.run_id, run.message)
+            self.crash_retries[(uid, gen)] = retry + 1
+            with self._cv:
+                self.tracked.pop(key, None)
+            return self.o.requeue_s
         if run.state != "COMPLETED":
             conds = {c.get("type"): c.get("status") for c in (obj.get("status") or {}).get("conditions") or []}
             if conds.get("WorkspaceReady") != "False":
