@@ -19,7 +19,8 @@ each round's own ratio (both sides of a round saw the same machine state).
 Measured 2026-12-01 on the 2-core box while five other sessions built and tested on it (load 4-20),
 kaiflow/vLLM and kaiflow spread/one at 8 adapters: 0.67 and 0.74 in one run (N = 1 8 32, 3 rounds,
 19 min; per-round kaiflow/vLLM 1.60 0.67 0.64), 1.02 and 1.38 in the next (N = 8, 4 rounds, 4 min;
-per round 0.50 1.22 0.82 1.54); at 1 adapter, where both loads are the same requests, spread/one
+per round 0.50 1.22 0.82 1.54), 1.10 and 1.00 in a third (N = 8, 4 rounds, 3.5 min; per round
+1.24 0.96 0.54 1.97) — medians of the three 1.02 and 1.00; at 1 adapter, where both loads are the same requests, spread/one
 read 1.23 (rounds 2.41 1.23 0.93). The noise is larger than the targets' margins: re-run on a quiet
 machine before claiming either way.
 
