@@ -102,8 +102,14 @@ KAIFLOW_AKS_SPOT: {{ $p.aks.spot | quote }}
 {{- define "kaiflow.controllerWorkspaceRules" -}}
 - apiGroups: ["kaito.sh"]
   resources: ["workspaces"]
-  verbs: ["get", "list", "watch", "patch"]  # patch: the finalizer
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]  # patch: the finalizer; create/delete: InferenceSet replicas
 - apiGroups: ["kaito.sh"]
   resources: ["workspaces/status"]
   verbs: ["get", "patch"]  # observedGeneration, and the condition that refuses an immutable-field change
+- apiGroups: ["kaito.sh"]
+  resources: ["inferencesets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kaito.sh"]
+  resources: ["inferencesets/status"]
+  verbs: ["get", "patch"]  # replicas, readyReplicas, selector (the scale subresource's), Ready
 {{- end -}}
