@@ -336,6 +336,7 @@ class PodmanKubelet:
         self.tag = os.urandom(3).hex()    # this kubelet's containers, so stop() removes exactly them
         self.pods: dict[str, _Pod] = {}
         self.pulled: dict[str, bool] = {}
+        self.pulled_here: list[str] = []      # removed again by stop(): the test registry's tags
         self.do_pull = pull
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -374,6 +375,8 @@ class PodmanKubelet:
             tls = "false" if host.startswith(("127.0.0.1:", "localhost:", "localhost/")) or host == "localhost" else "true"
             proc = podman("pull", "--quiet", f"--tls-verify={tls}", image, env=self.env, check=False, timeout=600)
             ok = proc.returncode == 0
+            if ok and not local:
+                self.pulled_here.append(image)
             if not ok:
                 self.errors.append(f"pull {image}: {proc.stderr.strip()[-500:]}")
         with self._lock:
@@ -392,3 +395,6 @@ class PodmanKubelet:
             runner.stop()
         for runner in runners:
             runner.thread.join(timeout=30)
+        if self.pulled_here:  # its layers are the built image's: only the tags go
+            podman("rmi", *self.pulled_here, env=self.env, check=False)
+            self.pulled_here.clear()
