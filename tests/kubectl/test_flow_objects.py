@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.workspace_flow import workspace_flow
-from tests.kube.conftest import kube_env  # noqa: F401 - the fixture
+from tests.support.fakekube.fixtures import kube_env  # noqa: F401 - the fixture
 from tests.support import kubebins
 from workspace import loader
 
