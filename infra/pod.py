@@ -2,7 +2,7 @@
 platform's pods run. No Prefect, no Kubernetes client, no workspace record inside a pod
 (.importlinter: pod-program).
 
-    python -m infra.pod pull-data --source JSON --dest DIR [--docker-config PATH]...
+    python -m infra.pod pull-data --source JSON --dest DIR [--allow-private-urls] [--docker-config PATH]...
     python -m infra.pod push-adapter --dir DIR --model PRESET (--image REF | --volume-dir DIR) [--docker-config PATH]
     python -m infra.pod pull-adapters --dest DIR --adapter NAME=IMAGE... [--docker-config PATH]...
 
@@ -42,7 +42,8 @@ def _credentials(reference: str, docker_configs: list[str]) -> registry.Credenti
 def pull_data(args: argparse.Namespace) -> dict:
     source = json.loads(args.source)
     creds = _credentials(source["image"], args.docker_config) if source.get("image") else None
-    fp = datasets.pull(datasets.Source.parse(source, credentials=creds), Path(args.dest))
+    fp = datasets.pull(datasets.Source.parse(source, credentials=creds), Path(args.dest),
+                       allow_private=True if args.allow_private_urls else None)
     return {"digest": fp.digest, "files": [f.name for f in fp.files]}
 
 
@@ -80,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("pull-data", help="pull the tuning data into a folder")
     d.add_argument("--source", required=True, help='JSON: {"urls": [...]} | {"image": REF} | {"volume": PATH}')
     d.add_argument("--dest", required=True)
+    d.add_argument("--allow-private-urls", action="store_true",
+                   help="the flow admitted data on loopback/private addresses (KAIFLOW_ALLOW_PRIVATE_URLS where it ran)")
     u = sub.add_parser("push-adapter", help="push the tuned adapter; its pinned reference goes to the termination log")
     u.add_argument("--dir", required=True)
     u.add_argument("--model", required=True)

@@ -63,7 +63,7 @@ def run_tuning(kube: kclient.Kube, ws: spec.Workspace, plan: plan_mod.WorkspaceP
     owner = crstatus.owner(kube, ws)
     job = manifests.tuning_job(ws, plan, ns, settings.image, cache_key=cache_key, owner=owner,
                                node_selector=placement.node_selector, extra_tolerations=placement.tolerations,
-                               output_image=output_image)
+                               output_image=output_image, allow_private_urls=settings.allow_private_urls)
     name = job["metadata"]["name"]
     for cm in manifests.file_config_maps(ws, config_maps, ns, owner):
         kapply.apply(kube, cm)
@@ -217,7 +217,8 @@ def run_evaluation(kube: kclient.Kube, ws: spec.Workspace, plan: plan_mod.Worksp
     name = manifests.evaluation_job_name(ws.name, cache_key, "|".join(f"{k}={v}" for k, v in sorted(adapters.items())))
     job = manifests.evaluation_job(ws, plan, ns, settings.image, name=name, cache_key=cache_key, adapters=adapters,
                                    config=config, owner=owner, node_selector=placement.node_selector,
-                                   extra_tolerations=placement.tolerations)
+                                   extra_tolerations=placement.tolerations,
+                                   allow_private_urls=settings.allow_private_urls)
     for cm in manifests.file_config_maps(ws, config_maps, ns, owner):
         kapply.apply(kube, cm)
     if kapply.get(kube, "batch/v1", "Job", name, ns) is not None:

@@ -337,12 +337,16 @@ def data_source(ws: spec.Workspace) -> dict:
     return {"volume": INPUT_VOLUME_DIR}
 
 
-def _pull_data(ws: spec.Workspace, volumes: list[dict]) -> tuple[list[str], list[dict]]:
-    """The pull-data init container's command and mounts (its volumes appended to ``volumes``)."""
+def _pull_data(ws: spec.Workspace, volumes: list[dict], allow_private_urls: bool = False) -> tuple[list[str], list[dict]]:
+    """The pull-data init container's command and mounts (its volumes appended to ``volumes``).
+    ``allow_private_urls``: the flow's URL policy (``KAIFLOW_ALLOW_PRIVATE_URLS``) goes with the
+    command, so the pod does not refuse a data server the flow admitted (e.g. one in the cluster)."""
     t = ws.tuning
     pull_mounts = [{"name": "data", "mountPath": DATA_DIR}]
     pull_cmd = ["python", "-m", "infra.pod", "pull-data", "--source", json.dumps(data_source(ws), sort_keys=True),
                 "--dest", DATA_DIR]
+    if allow_private_urls:
+        pull_cmd.append("--allow-private-urls")
     if t.input.volume_source:
         volumes.append({"name": "input", **t.input.volume_source.to_dict()})
         pull_mounts.append({"name": "input", "mountPath": INPUT_VOLUME_DIR, "readOnly": True})
@@ -364,14 +368,15 @@ EVAL_ADAPTERS_DIR, TERMINATION_LOG = "/mnt/adapters", "/dev/termination-log"
 def tuning_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
                cache_key: str | None = None, owner: dict | None = None,
                node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None,
-               output_image: str | None = None) -> dict:
+               output_image: str | None = None, allow_private_urls: bool = False) -> dict:
     """The tuning Job. ``output_image``: push there instead of ``tuning.output.image`` (a retrain
-    candidate, ``candidate_reference``); the Job is then named ``candidate_job_name``."""
+    candidate, ``candidate_reference``); the Job is then named ``candidate_job_name``.
+    ``allow_private_urls``: the pull-data container may read data on private addresses."""
     t = ws.tuning
     model = t.preset.name
     volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "output", "emptyDir": {}},
                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    pull_cmd, pull_mounts = _pull_data(ws, volumes)
+    pull_cmd, pull_mounts = _pull_data(ws, volumes, allow_private_urls)
 
     tune_cmd = ["python", "-m", "tuning", "--data", DATA_DIR, "--model", model, "--method", t.method,
                 "--output", f"{OUTPUT_DIR}/adapter"]
@@ -438,7 +443,8 @@ def _job(ws: spec.Workspace, name: str, namespace: str, component: str, cache_ke
 
 def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: str, image: str, *,
                    name: str, cache_key: str, adapters: dict[str, str], config: str, owner: dict | None = None,
-                   node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None) -> dict:
+                   node_selector: dict[str, str] | None = None, extra_tolerations: list[dict] | None = None,
+                   allow_private_urls: bool = False) -> dict:
     """The retrain evaluation Job: init containers pull the data (as the tuning Job does) and the
     adapter images by digest (``adapters``: name -> pinned image, e.g. serving and candidate); the
     main container runs ``python -m tuning.evaluate`` on the GPU with the candidate's training config
@@ -448,7 +454,7 @@ def evaluation_job(ws: spec.Workspace, plan: plan_mod.WorkspacePlan, namespace: 
     volumes: list[dict] = [{"name": "data", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}},
                            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
                            {"name": "config", "configMap": {"name": config}}]
-    pull_cmd, pull_mounts = _pull_data(ws, volumes)
+    pull_cmd, pull_mounts = _pull_data(ws, volumes, allow_private_urls)
     fetch_cmd = ["python", "-m", "infra.pod", "pull-adapters", "--dest", EVAL_ADAPTERS_DIR]
     fetch_mounts = [{"name": "adapters", "mountPath": EVAL_ADAPTERS_DIR}]
     for adapter, ref in adapters.items():
@@ -680,7 +686,8 @@ def objects_for(workspace: spec.Workspace, config_maps: dict[str, dict[str, str]
         objs += nodeclaims(ws, plan, ns)
     if ws.tuning:
         objs.append(tuning_job(ws, plan, ns, image, cache_key=cache_key, owner=owner, node_selector=node_selector,
-                               extra_tolerations=extra_tolerations))
+                               extra_tolerations=extra_tolerations,
+                               allow_private_urls=bool(getattr(settings, "allow_private_urls", False))))
     if ws.inference:
         if ws.inference.preset:
             objs.append(config_map(ws, inference_config_name(ws.name), inference_config_data(ws, plan), ns, owner))

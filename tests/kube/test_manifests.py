@@ -151,3 +151,36 @@ def test_termination_reference_accepts_only_a_pinned_image(message: str, expecte
     from infra.kube import jobs
 
     assert jobs.termination_reference(message) == expected
+
+
+def test_the_flows_url_policy_goes_with_the_pull_data_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Guards: a data server the flow admitted on a private address (one inside the cluster, as
+    KAIFLOW_ALLOW_PRIVATE_URLS allows) is not refused again by the pod, whose own environment does
+    not carry the flow's settings. The pull-data init container gets ``--allow-private-urls`` exactly
+    when the flow's settings allow it, and ``python -m infra.pod pull-data`` then reads from a real
+    HTTP server on 127.0.0.1 — which it refuses without the flag."""
+    from infra import pod as pod_main
+    from tests.support import fileserver
+
+    path = REPO / "examples" / "kaito" / "kaito_workspace_tuning_phi_3.yaml"
+    b = loader.load_files([path])
+    ws = b.workspaces[0]
+
+    def pull_cmd(allow: bool) -> list[str]:
+        objs = manifests.objects_for(ws, b.config_maps, settings.Settings(platform="kubernetes", allow_private_urls=allow))
+        job = next(o for o in objs if o["kind"] == "Job")
+        init = next(c for c in job["spec"]["template"]["spec"]["initContainers"] if c["name"] == "pull-data")
+        return init["command"]
+
+    assert "--allow-private-urls" not in pull_cmd(False)
+    cmd = pull_cmd(True)
+    assert cmd[-1] == "--allow-private-urls" and cmd[:4] == ["python", "-m", "infra.pod", "pull-data"]
+
+    monkeypatch.delenv("KAIFLOW_ALLOW_PRIVATE_URLS", raising=False)  # the pod's own environment
+    with fileserver.FileServer(tmp_path / "www") as srv:
+        fileserver.write_qa_jsonl(srv.root / "qa.jsonl", [("What is the capital of France?", "Paris.")])
+        source = '{"urls": ["%s"]}' % srv.url_for("qa.jsonl")
+        assert pod_main.main(["pull-data", "--source", source, "--dest", str(tmp_path / "refused")]) != 0
+        assert pod_main.main(["pull-data", "--source", source, "--dest", str(tmp_path / "data"),
+                              "--allow-private-urls"]) == 0
+    assert (tmp_path / "data" / "qa.jsonl").read_text().count("Paris.") == 1
