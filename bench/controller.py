@@ -70,14 +70,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1200)
     args = ap.parse_args()
 
-    from tests.support import kubebins
+    from tests.support import controller_deployments, kubebins
     from tests.support.fakekube import FakeKube
 
     home = Path(tempfile.mkdtemp(prefix="kaiflow-bench-controller-"))
     started_server = not os.environ.get("PREFECT_API_URL")
     os.environ.setdefault("KAIFLOW_HOME", str(home / "home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows import deployments, prefect_server
+    from flows import prefect_server
 
     api = os.environ.get("PREFECT_API_URL") or prefect_server.ensure()
     os.environ["PREFECT_API_URL"] = api
@@ -87,13 +87,7 @@ def main() -> int:
         for path in sorted((REPO / "deployments" / "crds").glob("*.yaml")):
             kube.install_crd(path)
         kubeconfig = kube.write_kubeconfig(home / "kubeconfig")
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            deployments.ensure_pool(client, POOL, "process")
-            for d in deployments.DEPLOYMENTS:
-                if d.flow_name in ("workspace", "teardown"):
-                    deployments.register_one(client, deployments.DeploymentSpec(d.flow_name, NAME, d.entrypoint, d.description), POOL)
+        controller_deployments.register(POOL, NAME)
         env = {**os.environ, "PREFECT_API_URL": api, "KAIFLOW_PLATFORM": "kubernetes", "KAIFLOW_KUBECONFIG": str(kubeconfig),
                "KAIFLOW_HOME": str(home / "worker-home"), "KAIFLOW_KUBE_WAIT_TIMEOUT_S": "600", "KAIFLOW_GPU_WAIT_S": "1200",
                "KAIFLOW_GPU_QUOTA": f"Standard_NC6s_v3={args.count}", "KAIFLOW_IMAGE": "ghcr.io/kaiflow/kaiflow:bench",

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.chart.conftest import NAMESPACE, REPO, VARIANTS, container, render
-from tests.support import kubebins
+from tests.support import controller_deployments, kubebins
 from tests.support.fakekube import FakeKube
 
 SEED = REPO / "examples" / "seed" / "workspace-phi-3-mini.yaml"  # ../shared/seed's, verbatim
@@ -85,16 +85,7 @@ def test_every_rendered_object_is_accepted_and_the_pods_come_up(cluster, variant
 
 
 def _register(api: str) -> None:
-    from prefect.client.orchestration import get_client
-
-    from flows import deployments
-
-    with get_client(sync_client=True) as client:
-        deployments.ensure_pool(client, POOL, "process")
-        for d in deployments.DEPLOYMENTS:
-            if d.flow_name in ("workspace", "teardown"):
-                deployments.register_one(client, deployments.DeploymentSpec(d.flow_name, "chart-tests", d.entrypoint,
-                                                                            d.description), POOL)
+    controller_deployments.register(POOL, "chart-tests")
 
 
 def _process_env(c: dict, kube: FakeKube, pod_name: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support import controller_deployments
 from tests.support.fakekube import FakeKube
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,16 +124,7 @@ def kubeconfig_for(kube: FakeKube, path: Path, port: int | None = None) -> Path:
 
 
 def register_deployments(api: str) -> None:
-    from prefect.client.orchestration import get_client
-
-    from flows import deployments
-
-    with get_client(sync_client=True) as client:
-        deployments.ensure_pool(client, POOL, "process")
-        for d in deployments.DEPLOYMENTS:
-            if d.flow_name in ("workspace", "teardown"):
-                deployments.register_one(client, deployments.DeploymentSpec(d.flow_name, "controller-tests", d.entrypoint,
-                                                                            d.description), POOL)
+    controller_deployments.register(POOL, "controller-tests")
 
 
 def flow_runs(api: str, name: str | None = None, deployment: str = DEPLOYMENT) -> list[dict]:
