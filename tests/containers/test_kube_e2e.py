@@ -27,6 +27,7 @@ from flows.workspace_flow import workspace_flow
 from infra import records, registry
 from infra.kube import manifests
 from tests.retrain.conftest import CONFIG
+from tests.support.workspaces import KUBE_TUNE_AND_SERVE, QA_PAIRS
 from tests.support.fakekube.podman import PodmanKubelet, podman_env
 from tests.support.fileserver import FileServer, write_qa_jsonl
 from workspace import loader
@@ -34,25 +35,8 @@ from workspace import loader
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NAME = "ctr"
-PAIRS = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "Shakespeare."),
-         ("What colour is the sky?", "Blue."), ("Which planet is red?", "Mars.")]
-TEXT = CONFIG + """
----
-apiVersion: kaito.sh/v1beta1
-kind: Workspace
-metadata: {{name: {name}}}
-resource:
-  instanceType: Standard_NC6s_v3
-  labelSelector: {{matchLabels: {{app: {name}}}}}
-tuning:
-  preset: {{name: tiny-phi-3}}
-  method: qlora
-  config: {name}-config
-  input: {{urls: ["{url}"]}}
-  output: {{image: "{image}"}}
-inference:
-  preset: {{name: tiny-phi-3}}
-"""
+PAIRS = QA_PAIRS[:4]
+TEXT = CONFIG + KUBE_TUNE_AND_SERVE
 
 
 def _port_free(port: int) -> bool:

@@ -31,6 +31,7 @@ from flows import retrain
 from infra import pod as pod_main, records, registry
 from infra.kube import manifests
 from tests.retrain.conftest import CONFIG, ENV
+from tests.support.workspaces import KUBE_TUNE_AND_SERVE
 from tests.retrain.test_retrain_flow import COPIES, N, P, decision_artifact, held_out_positions
 from tests.support.fileserver import FileServer, write_qa_jsonl as write_rows
 from tests.support.registry import LocalRegistry
@@ -41,23 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34")
 NAME = "rtk"
 
-TEXT = CONFIG + """
----
-apiVersion: kaito.sh/v1beta1
-kind: Workspace
-metadata: {{name: {name}}}
-resource:
-  instanceType: Standard_NC6s_v3
-  labelSelector: {{matchLabels: {{app: {name}}}}}
-tuning:
-  preset: {{name: tiny-phi-3}}
-  method: qlora
-  config: {name}-config
-  input: {{urls: ["{url}"]}}
-  output: {{image: "{image}"}}
-inference:
-  preset: {{name: tiny-phi-3}}
-"""
+TEXT = CONFIG + KUBE_TUNE_AND_SERVE
 
 
 class Pods:

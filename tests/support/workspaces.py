@@ -46,6 +46,26 @@ tuning:
 """
 
 
+# The tune-and-serve Workspace the Kubernetes tests run on a GPU instance type (after the Kaito
+# training ConfigMap they put in front of it): format with name, url, image.
+KUBE_TUNE_AND_SERVE = """
+---
+apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata: {{name: {name}}}
+resource:
+  instanceType: Standard_NC6s_v3
+  labelSelector: {{matchLabels: {{app: {name}}}}}
+tuning:
+  preset: {{name: tiny-phi-3}}
+  method: qlora
+  config: {name}-config
+  input: {{urls: ["{url}"]}}
+  output: {{image: "{image}"}}
+inference:
+  preset: {{name: tiny-phi-3}}
+"""
+
 @contextlib.contextmanager
 def environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for a block (a module-scoped fixture cannot use monkeypatch) and put
