@@ -57,7 +57,6 @@ from workspace.errors import KaiflowError, SpecError
 
 log = logging.getLogger("kaiflow.controller")
 
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SPEC_ACCEPTED = "SpecAccepted"
 Key = tuple[str, ...]  # (namespace, name) of a Workspace, ("InferenceSet", namespace, name) of a set
@@ -104,19 +103,12 @@ def refused_changes(accepted: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def workspace_parameters(obj: dict) -> dict[str, Any]:
-    """The flow's ``workspace`` parameter from a Workspace resource: the user's fields only (no
-    server fields, finalizers, kubectl's last-applied copy or the controller's annotations);
-    SpecError naming the field when the resource does not make a valid workspace."""
+    """The flow's ``workspace`` parameter from a Workspace resource: the user's fields only
+    (``workspace.loader.resource_document``); SpecError naming the field when the resource does not
+    make a valid workspace."""
     from workspace import loader
 
-    m = obj.get("metadata") or {}
-    notes = {k: v for k, v in (m.get("annotations") or {}).items() if k != LAST_APPLIED and not k.startswith("kaiflow.io/accepted")}
-    meta = {k: v for k, v in {"name": m.get("name"), "namespace": m.get("namespace"), "labels": m.get("labels") or None,
-                              "annotations": notes or None}.items() if v}
-    body = {"apiVersion": obj.get("apiVersion"), "kind": "Workspace", "metadata": meta,
-            **{k: obj[k] for k in ("resource", "inference", "tuning") if obj.get(k) is not None}}
-    ws = loader.parse_workspace(body, source=f"workspace {m.get('namespace', '')}/{m.get('name', '')}")
-    return ws.to_parameters()
+    return loader.from_resource(obj).to_parameters()
 
 
 # --- the controller ------------------------------------------------------------------------

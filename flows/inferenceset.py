@@ -23,17 +23,11 @@ CLUSTER_PLATFORMS = ("kubernetes", "aks")
 
 
 def as_workspaces(children: list[dict]) -> list[Any]:
-    """Child Workspace resources as parsed Workspaces (Kaito's admission rules applied)."""
-    import yaml
-
+    """Child Workspace resources as parsed Workspaces (Kaito's admission rules applied), their
+    server fields and the controller's annotations left out (``workspace.loader.resource_document``)."""
     from workspace import loader
 
-    out = []
-    for child in children:
-        doc = {k: child[k] for k in ("apiVersion", "kind", "resource", "inference") if k in child}
-        doc["metadata"] = {k: v for k, v in child["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
-        out.extend(loader.load_text(yaml.safe_dump(doc), source=f"Workspace {doc['metadata']['name']}").workspaces)
-    return out
+    return [loader.from_resource(child, admit=True) for child in children]
 
 
 def check_platform(docs: list[dict], platform: str) -> None:

@@ -140,6 +140,39 @@ def parse_workspace(doc: dict[str, Any], *, source: str = "<input>") -> spec.Wor
     return ws
 
 
+# What the API server, kubectl and ``kaiflow controller`` add to a Workspace resource's annotations:
+# kubectl's copy of the last applied file, and the controller's bookkeeping (``kaiflow.io/accepted-spec``,
+# infra.kube.crcontrol.ACCEPTED) -- never the user's, so never a flow's parameter or an apply's input.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+CONTROLLER_ANNOTATION_PREFIX = "kaiflow.io/accepted"
+
+
+def resource_document(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Workspace resource as the API server returns it (``kubectl get -o yaml``, a watch event, an
+    InferenceSet's child), cut to the user's fields: name, namespace, labels, the user's annotations,
+    ``resource``/``inference``/``tuning``. Server fields (uid, generation, managedFields, owner
+    references, finalizers, status), kubectl's last-applied copy and the controller's annotations go."""
+    m = obj.get("metadata") or {}
+    notes = {k: v for k, v in (m.get("annotations") or {}).items()
+             if k != LAST_APPLIED and not k.startswith(CONTROLLER_ANNOTATION_PREFIX)}
+    meta = {k: v for k, v in {"name": m.get("name"), "namespace": m.get("namespace"), "labels": m.get("labels") or None,
+                              "annotations": notes or None}.items() if v}
+    return {"apiVersion": obj.get("apiVersion"), "kind": "Workspace", "metadata": meta,
+            **{k: obj[k] for k in ("resource", "inference", "tuning") if obj.get(k) is not None}}
+
+
+def from_resource(obj: dict[str, Any], *, admit: bool = False) -> spec.Workspace:
+    """The workspace a Workspace resource declares (:func:`resource_document`'s fields); SpecError
+    naming the field when it is not a valid one. ``admit``: put it through Kaito's admission rules
+    too, as ``load_text`` does for a file."""
+    doc = resource_document(obj)
+    m = doc["metadata"]
+    source = f"workspace {m.get('namespace', '')}/{m.get('name', '')}"
+    if admit:
+        return load_text(yaml.safe_dump(doc), source=source).workspaces[0]
+    return parse_workspace(doc, source=source)
+
+
 def dump(ws: spec.Workspace) -> str:
     """YAML for ``ws`` in Kaito's spelling (only the fields that were set)."""
     return yaml.safe_dump(ws.to_dict(), sort_keys=False)

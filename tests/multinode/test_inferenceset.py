@@ -71,6 +71,22 @@ def test_an_inferenceset_without_a_template_is_refused_naming_the_field() -> Non
         inferenceset.check(doc)
 
 
+def test_a_child_the_controller_annotated_makes_a_workspace_without_that_bookkeeping() -> None:
+    # a child Workspace as the API server returns it once kubectl and `kaiflow controller` have
+    # touched it: what `kaiflow apply` of the set then serves must carry only the user's fields
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["template"]["metadata"] = {"annotations": {"kaito.sh/runtime": "transformers"}}
+    child = inferenceset.child_workspace(doc, 0, "default", owner_uid="u-set")
+    child["metadata"]["annotations"].update({"kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                             "kaiflow.io/accepted-spec": '{"inference": true}'})
+    child["metadata"].update({"uid": "u-0", "generation": 2, "resourceVersion": "7", "finalizers": ["kaiflow.io/teardown"]})
+    child["status"] = {"observedGeneration": 1}
+    [ws] = inferenceset_flow.as_workspaces([child])
+    assert ws.metadata.annotations == {"kaito.sh/runtime": "transformers"}
+    assert ws.to_parameters()["metadata"] == {"name": f"{NAME}-0", "namespace": "default", "labels": SELECTOR,
+                                              "annotations": {"kaito.sh/runtime": "transformers"}}
+
+
 def test_the_local_platform_says_it_runs_no_inferencesets(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAIFLOW_HOME", str(tmp_path))
