@@ -19,8 +19,6 @@ from typing import Any
 
 from workspace.errors import KaiflowError, SpecError
 
-CLUSTER_PLATFORMS = ("kubernetes", "aks")
-
 
 def as_workspaces(children: list[dict]) -> list[Any]:
     """Child Workspace resources as parsed Workspaces (Kaito's admission rules applied), their
@@ -31,7 +29,10 @@ def as_workspaces(children: list[dict]) -> list[Any]:
 
 
 def check_platform(docs: list[dict], platform: str) -> None:
-    if platform not in CLUSTER_PLATFORMS:
+    """Refuse InferenceSets on a platform that does not run them (``Platform.runs_inferencesets``)."""
+    from infra import platforms
+
+    if not platforms.get(platform).runs_inferencesets:
         names = ", ".join(str((d.get("metadata") or {}).get("name")) for d in docs)
         raise SpecError(f"InferenceSet {names}: the {platform} platform does not run InferenceSets (one server process per "
                         "workspace on this machine); apply spec.template as a Workspace, or use --platform kubernetes")

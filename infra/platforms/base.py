@@ -108,6 +108,9 @@ class Platform(Protocol):
     """One implementation per platform; see the module docstring for the shared rules."""
 
     name: str
+    runs_inferencesets: bool
+    """Whether ``kaiflow apply`` of an InferenceSet works here: its N child Workspaces are resources a
+    cluster keeps (and scales); a platform that serves one process per workspace on one machine has none."""
 
     def reporter(self, ws: spec.Workspace) -> status.Reporter:
         """The status sink for ``ws``: its record, plus whatever the platform mirrors it to."""

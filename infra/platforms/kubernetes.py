@@ -49,6 +49,8 @@ SERVING, CANDIDATE = "serving", "candidate"  # the adapter names an evaluation c
 class KubernetesPlatform:
     """A cluster reached through kubeconfig or in-cluster config; GPU nodes from ``source``."""
 
+    runs_inferencesets = True  # children are Workspace resources (infra.kube.inferenceset)
+
     def __init__(self, name: str, source: nodes.NodeSource, settings: settings_mod.Settings) -> None:
         self.name = name
         self.source = source

@@ -48,6 +48,7 @@ SERVING_MARKER = "-m serving"
 
 class LocalPlatform:
     name = "local"
+    runs_inferencesets = False  # one server process per workspace here: N replicas would split one machine
 
     # ------------------------------------------------------------------ shared
     def reporter(self, ws: spec.Workspace) -> status.Reporter:

@@ -16,6 +16,7 @@ from infra.kube import client as kclient
 from infra.kube import inferenceset
 from tests.support import kubebins
 from workspace import settings
+from workspace.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "inferenceset" / "phi-3-mini-replicas.yaml"
@@ -93,6 +94,16 @@ def test_the_local_platform_says_it_runs_no_inferencesets(capsys: pytest.Capture
     rc = cli.main(["apply", "-f", str(EXAMPLE), "--platform", "local"])
     assert rc != 0
     assert "does not run InferenceSets" in capsys.readouterr().err
+
+
+def test_the_check_asks_the_platform() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    for name in ("kubernetes", "aks"):
+        inferenceset_flow.check_platform([doc], name)  # cluster platforms run them: no error
+    with pytest.raises(SpecError, match=f"InferenceSet {NAME}: the local platform does not run InferenceSets"):
+        inferenceset_flow.check_platform([doc], "local")
+    with pytest.raises(SpecError, match="platform 'slurm' is not one of local, kubernetes, aks"):
+        inferenceset_flow.check_platform([doc], "slurm")
 
 
 @pytest.mark.slow
