@@ -1,31 +1,31 @@
 """Many LoRA adapters on one server: kaiflow's server (vLLM engine) against vLLM's own OpenAI server.
 
-For each adapter count N (1, 8, 32 by default) both servers start at once with the same N random
-LoRA adapters of tiny-phi-3 (rank 8 on every attention and MLP projection, as tests/serving
-builds them) and the same engine settings (float32, max-model-len 1024, max-loras max(4, N),
-max-lora-rank 16: kaiflow's defaults, given to vLLM by hand). The same asyncio client then sends
-rounds of 32 concurrent completions (``ignore_eos``, fixed length) to each, alternating server
-and order round by round, in two loads:
+Both servers start once, at the same time, with the same engine settings (float32, max-model-len
+1024, max-loras max(4, largest N), max-lora-rank 16: kaiflow's settings, given to vLLM by hand) and
+no adapter; while they load, N random LoRA adapters of tiny-phi-3 are built (rank 8 on every
+attention and MLP projection, as tests/serving builds them: one peft build, the rest random copies).
+For each adapter count N (1, 8, 32 by default, ascending) the adapters a<previous N>..a<N-1> are
+loaded into both running servers through the same ``POST /v1/load_lora_adapter`` (vLLM's server
+takes it with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``), so each server holds exactly N adapters; each
+new adapter is asked once and a full round is run before timing. The same asyncio client then
+sends rounds of 32 concurrent completions (``ignore_eos``, fixed length) to each server,
+alternating server and order round by round, in two loads:
 
 * **spread**: request i asks for adapter i mod N (``"model": "a<i>"``): every adapter busy at once;
 * **one**: the same requests all to adapter a0: "the same load on one adapter", on the same server.
 
 Printed per N: tokens/s of each server and load, the kaiflow/vLLM ratio (target >= 0.95 at 8
 adapters) and spread/one (target >= 0.8 at 8 adapters; measured side by side on one server, so
-the ratio says what serving many adapters costs, not what a fresh server costs). Each adapter is
-asked once before timing (vLLM loads a LoRA into its slots on first use). Ratios are the median of
-each round's own ratio (both sides of a round saw the same machine state).
+the ratio says what serving many adapters costs, not what a fresh server costs), each the median
+of each round's own ratio (both sides of a round saw the same machine state), and the rounds.
 
-Measured 2026-12-01 on the 2-core box while five other sessions built and tested on it (load 4-20),
-kaiflow/vLLM and kaiflow spread/one at 8 adapters: 0.67 and 0.74 in one run (N = 1 8 32, 3 rounds,
-19 min; per-round kaiflow/vLLM 1.60 0.67 0.64), 1.02 and 1.38 in the next (N = 8, 4 rounds, 4 min;
-per round 0.50 1.22 0.82 1.54), 1.10 and 1.00 in a third (N = 8, 4 rounds, 3.5 min; per round
-1.24 0.96 0.54 1.97) — medians of the three 1.02 and 1.00; at 1 adapter, where both loads are the same requests, spread/one
-read 1.23 (rounds 2.41 1.23 0.93). The noise is larger than the targets' margins: re-run on a quiet
-machine before claiming either way.
+One start for all N (session 6 started both servers anew for each N: 19 min at N = 1 8 32 on the
+loaded 2-core box, 75 % of it start-ups) is what makes the default run fit in a few minutes; the
+slot count is the largest N's for every N (vLLM's LoRA kernels gather each token's adapter by
+index: the number of slots sizes memory, not the work per token).
 
-    .venv/bin/python bench/adapters.py                       # N = 1 8 32, 3 rounds
-    .venv/bin/python bench/adapters.py --adapters 8 --rounds 2
+    .venv/bin/python bench/adapters.py                       # N = 1 8 32, 5 rounds
+    .venv/bin/python bench/adapters.py --adapters 8 --rounds 3
 """
 
 from __future__ import annotations
@@ -105,32 +105,29 @@ async def load(url: str, names: list[str], concurrency: int, requests: int, max_
 
 
 @contextlib.contextmanager
-def both_servers(model_path: str, dirs: list[Path], env: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """vLLM's server and kaiflow's, started at once (their start-ups overlap), with adapters a0..aN-1."""
+def both_servers(model_path: str, max_loras: int, env: dict[str, str]) -> Iterator[list[tuple[str, str, int, list[str], Path]]]:
+    """vLLM's server and kaiflow's, started at once with no adapter and ``max_loras`` LoRA slots of rank 16;
+    yields (name, url, pid, argv, log) of each as soon as they are started (wait with `wait_up`)."""
     config = Path(tempfile.mkstemp(suffix=".yaml")[1])
-    config.write_text("vllm:\n  dtype: float32\n  max-model-len: 1024\n")
+    config.write_text(f"vllm:\n  dtype: float32\n  max-model-len: 1024\n  max-loras: {max_loras}\n")
     k_port, v_port = local_process.free_port(), local_process.free_port()
     kaiflow_argv = ["-m", "serving", "--model", model_path, "--engine", "vllm", "--config", str(config),
                     "--port", str(k_port), "--served-model-name", "m", "--max-queue-depth", "1024"]
-    for i, d in enumerate(dirs):
-        kaiflow_argv += ["--adapter", f"a{i}={d}"]
     vllm_argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--dtype", "float32",
-                 "--max-model-len", "1024", "--enable-lora", "--max-loras", str(max(4, len(dirs))),
-                 "--max-lora-rank", "16", "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port),
-                 "--lora-modules", *(f"a{i}={d}" for i, d in enumerate(dirs))]
+                 "--max-model-len", "1024", "--enable-lora", "--max-loras", str(max_loras),
+                 "--max-lora-rank", "16", "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port)]
+    # vLLM's server takes adapters at run time (as kaiflow's does) only with this set
+    vllm_env = {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        urls = []
-        for name, argv, port in (("vllm", vllm_argv, v_port), ("kaiflow", kaiflow_argv, k_port)):
+        started = []
+        for name, argv, port, penv in (("vllm", vllm_argv, v_port, vllm_env), ("kaiflow", kaiflow_argv, k_port, env)):
             log = Path(tempfile.mkstemp(prefix=f"bench-adapters-{name}-", suffix=".log")[1])
             with log.open("w") as out:  # both start now: their start-ups overlap
                 procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                              env=env))
-            urls.append((name, f"http://127.0.0.1:{port}", procs[-1].pid, argv, log))
-        for name, url, pid, argv, log in urls:
-            local_process.wait_healthy(f"{url}/health", pid=pid, marker=" ".join(argv[:2]), timeout=900, log_path=log)
-            print(f"{name}: up at {url} (log {log})", flush=True)
-        yield urls[0][1], urls[1][1]
+                                              env=penv))
+            started.append((name, f"http://127.0.0.1:{port}", procs[-1].pid, argv, log))
+        yield started
     finally:
         for proc in procs:
             proc.terminate()
@@ -139,28 +136,47 @@ def both_servers(model_path: str, dirs: list[Path], env: dict[str, str]) -> Iter
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    config.unlink()
+        config.unlink()
 
 
-def run_level(model_path: str, root: Path, n: int, args: argparse.Namespace, env: dict[str, str],
+def wait_up(servers: list[tuple[str, str, int, list[str], Path]]) -> None:
+    for name, url, pid, argv, log in servers:
+        local_process.wait_healthy(f"{url}/health", pid=pid, marker=" ".join(argv[:2]), timeout=900, log_path=log)
+        print(f"{name}: up at {url} (log {log})", flush=True)
+
+
+def load_adapters(url: str, dirs: dict[str, Path]) -> None:
+    """Load adapters into a running server through its /v1/load_lora_adapter (the same call on both)."""
+    with httpx.Client(timeout=300) as client:
+        for name, path in dirs.items():
+            r = client.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+            if r.status_code != 200:
+                raise SystemExit(f"{url} refused adapter {name}: {r.status_code} {r.text[:500]}")
+
+
+def run_level(n: int, loaded: int, urls: dict[str, str], args: argparse.Namespace,
               dirs: list[Path]) -> dict[tuple[str, str], list[float]]:
+    """Load adapters a<loaded>..a<n-1> into both servers (a0..a<loaded-1> are there already), then the rounds."""
     names = [f"a{i}" for i in range(n)]
     loads = {"spread": names, "one": names[:1]}
     results: dict[tuple[str, str], list[float]] = {}
     started = time.perf_counter()
-    with both_servers(model_path, dirs[:n], env) as (v_url, k_url):
-        print(f"N={n}: both servers up in {time.perf_counter() - started:.0f} s", flush=True)
-        for url in (v_url, k_url):  # warm-up: every adapter once (loaded into a slot on first use), then a full round
-            asyncio.run(load(url, names, min(n, args.concurrency), n, 2))
-            asyncio.run(load(url, names, args.concurrency, args.concurrency, args.max_tokens))
-        for r in range(args.rounds):
-            order = [("vllm", v_url), ("kaiflow", k_url)]
-            for kind in (("spread", "one") if r % 2 == 0 else ("one", "spread")):
-                for name, url in (order if r % 2 == 0 else order[::-1]):
-                    tok_s = asyncio.run(load(url, loads[kind], args.concurrency,
-                                             args.concurrency * args.requests_per_client, args.max_tokens))
-                    results.setdefault((name, kind), []).append(tok_s)
-                    print(f"N={n} round {r} {kind:>6} {name:>7}: {tok_s:8.1f} tok/s", flush=True)
+    new = {f"a{i}": dirs[i] for i in range(loaded, n)}
+    for url in urls.values():
+        load_adapters(url, new)
+        # warm-up: every new adapter once (loaded into a slot on first use), then a full round
+        asyncio.run(load(url, list(new), min(len(new), args.concurrency), len(new), 2))
+        asyncio.run(load(url, names, args.concurrency, args.concurrency, args.max_tokens))
+    print(f"N={n}: {len(new)} adapters loaded into both servers and warmed up in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    for r in range(args.rounds):
+        order = [("vllm", urls["vllm"]), ("kaiflow", urls["kaiflow"])]
+        for kind in (("spread", "one") if r % 2 == 0 else ("one", "spread")):
+            for name, url in (order if r % 2 == 0 else order[::-1]):
+                tok_s = asyncio.run(load(url, loads[kind], args.concurrency,
+                                         args.concurrency * args.requests_per_client, args.max_tokens))
+                results.setdefault((name, kind), []).append(tok_s)
+                print(f"N={n} round {r} {kind:>6} {name:>7}: {tok_s:8.1f} tok/s", flush=True)
     return results
 
 
@@ -168,9 +184,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-phi-3")
     p.add_argument("--adapters", type=int, nargs="+", default=[1, 8, 32], help="adapter counts (default 1 8 32)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--requests-per-client", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
     args = p.parse_args()
     began = time.perf_counter()
@@ -179,13 +195,22 @@ def main() -> None:
     model_path = presets.resolve_model_source(args.model)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "VLLM_NO_USAGE_STATS": "1"}
+    counts = sorted(set(args.adapters))
+    if counts[0] < 1:
+        raise SystemExit(f"--adapters: counts must be >= 1, got {args.adapters}")
     table = []
-    with tempfile.TemporaryDirectory(prefix="kaiflow-bench-adapters-") as tmp:
-        dirs = build_adapters(model_path, Path(tmp), max(args.adapters))
+    with tempfile.TemporaryDirectory(prefix="kaiflow-bench-adapters-") as tmp, \
+            both_servers(model_path, max(4, counts[-1]), env) as servers:
+        # the servers load their engines while the adapters are built: the two overlap
+        dirs = build_adapters(model_path, Path(tmp), counts[-1])
         print(f"{len(dirs)} adapters built in {time.perf_counter() - began:.0f} s", flush=True)
-        for n in args.adapters:
-            res = run_level(model_path, Path(tmp), n, args, env, dirs)
-            table.append((n, res))
+        wait_up(servers)
+        print(f"both servers up {time.perf_counter() - began:.0f} s after the start", flush=True)
+        urls = {name: url for name, url, *_ in servers}
+        loaded = 0
+        for n in counts:
+            table.append((n, run_level(n, loaded, urls, args, dirs)))
+            loaded = n
 
     def ratio(res: dict[tuple[str, str], list[float]], a: tuple[str, str], b: tuple[str, str]) -> float:
         # the median of each round's own ratio: both sides of a round saw the same machine state
@@ -203,6 +228,8 @@ def main() -> None:
                   f"{ratio(res, ('kaiflow', kind), ('vllm', kind)):12.2f}{extra}")
         rounds = " ".join(f"{k / v:.2f}" for k, v in zip(res[("kaiflow", "spread")], res[("vllm", "spread")]))
         print(f"         (kaiflow/vLLM spread by round: {rounds})")
+        rounds = " ".join(f"{s / o:.2f}" for s, o in zip(res[("kaiflow", "spread")], res[("kaiflow", "one")]))
+        print(f"         (kaiflow spread/one by round: {rounds})")
         print(f"RESULT adapters{n}_vs_vllm={ratio(res, ('kaiflow', 'spread'), ('vllm', 'spread')):.2f}")
         print(f"RESULT adapters{n}_vs_one={ratio(res, ('kaiflow', 'spread'), ('kaiflow', 'one')):.2f}")
     for n, res in table:
