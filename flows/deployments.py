@@ -61,9 +61,15 @@ DEPLOYMENTS = (
 BY_FLOW = {d.flow_name: d for d in DEPLOYMENTS}
 
 
-def pull_steps() -> list[dict[str, Any]]:
-    """Runs start in this repository (the code the deployment was registered from)."""
-    return [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_DIR)}}]
+IMAGE_APP_DIR = "/app"   # where kaiflow's image keeps this repository (deployments/images/Dockerfile.*)
+
+
+def pull_steps(pool_type: str = "process") -> list[dict[str, Any]]:
+    """Where a run starts: on a process pool, in this repository (the code the deployment was registered
+    from); on a Kubernetes pool, in the image's copy of it — the registering machine's path means
+    nothing inside the flow run's pod."""
+    directory = IMAGE_APP_DIR if pool_type == "kubernetes" else str(REPO_DIR)
+    return [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}]
 
 
 def kubernetes_base_job_template() -> dict[str, Any]:
@@ -121,11 +127,11 @@ def _existing_schedules(client: Any, full_name: str) -> list[Any]:
             for s in dep.schedules]
 
 
-def register_one(client: Any, d: DeploymentSpec, pool: str) -> dict[str, Any]:
+def register_one(client: Any, d: DeploymentSpec, pool: str, pool_type: str = "process") -> dict[str, Any]:
     flow_id = client.create_flow_from_name(d.flow_name)
     deployment_id = client.create_deployment(
         flow_id=flow_id, name=d.name, entrypoint=d.entrypoint, description=d.description,
-        work_pool_name=pool, pull_steps=pull_steps(), parameter_openapi_schema=parameter_schema(d),
+        work_pool_name=pool, pull_steps=pull_steps(pool_type), parameter_openapi_schema=parameter_schema(d),
         enforce_parameter_schema=True, tags=TAGS, schedules=_existing_schedules(client, d.full_name),
     )
     missing = not (REPO_DIR / d.entrypoint.split(":")[0]).exists()
@@ -154,7 +160,7 @@ def register(pool_type: str = "process", pool: str | None = None) -> list[dict[s
     pool = pool or (KUBERNETES_POOL if pool_type == "kubernetes" else settings.load().work_pool)
     with get_client(sync_client=True) as client:
         ensure_pool(client, pool, pool_type)
-        registered = [register_one(client, d, pool) for d in DEPLOYMENTS]
+        registered = [register_one(client, d, pool, pool_type) for d in DEPLOYMENTS]
     _ensure_concurrency_limits()
     return registered
 

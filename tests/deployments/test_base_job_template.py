@@ -49,6 +49,27 @@ def test_rendered_gpu_job_validates_strictly_and_carries_the_gpu_fields(prefect_
     assert pod["containers"][0]["image"] == GPU_VALUES["image"]
     assert pod["nodeSelector"] == GPU_VALUES["node_selector"] and pod["tolerations"] == GPU_VALUES["tolerations"]
     assert job["spec"]["completions"] == 1 and "completions" not in pod  # Prefect's default has them in the pod spec
+    # the flow in the pod starts its tuning/serving pods in its own image, on the kubernetes platform
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["KAIFLOW_IMAGE"], env["KAIFLOW_PLATFORM"]) == (GPU_VALUES["image"], "kubernetes")
+    assert "PREFECT__FLOW_RUN_ID" in env
+
+
+def test_pool_env_overrides_the_templates_kaiflow_settings(prefect_api):
+    pod = render({"env": {"KAIFLOW_PLATFORM": "aks", "KAIFLOW_NAMESPACE": "ml"}})["spec"]["template"]["spec"]
+    env = [(e["name"], e.get("value")) for e in pod["containers"][0]["env"]]
+    assert [v for k, v in env if k == "KAIFLOW_PLATFORM"] == ["aks"] and ("KAIFLOW_NAMESPACE", "ml") in env
+
+
+def test_kubernetes_pool_runs_start_in_the_images_copy_of_the_repository():
+    """A flow run's pod has the image's /app, not the path of the machine that registered the deployment."""
+    assert deployments.pull_steps("kubernetes") == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": deployments.IMAGE_APP_DIR}}]
+    assert deployments.pull_steps("process")[0]["prefect.deployments.steps.set_working_directory"]["directory"] == \
+        str(deployments.REPO_DIR)
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        text = (deployments.REPO_DIR / "deployments" / "images" / dockerfile).read_text()
+        assert f"WORKDIR {deployments.IMAGE_APP_DIR}\n" in text and f"COPY app/ {deployments.IMAGE_APP_DIR}/" in text
 
 
 def test_defaults_render_a_valid_job_without_gpus(prefect_api):

@@ -8,16 +8,17 @@ from __future__ import annotations
 CONTROLLER_FLOWS = ("workspace", "teardown")
 
 
-def register(pool: str, name: str) -> None:
-    """Create the process pool ``pool`` and upsert ``workspace/NAME`` and ``teardown/NAME`` on it,
-    through the session's ``PREFECT_API_URL``."""
+def register(pool: str, name: str, pool_type: str = "process") -> None:
+    """Create the work pool ``pool`` (a process pool, or a Kubernetes one with kaiflow's base job
+    template) and upsert ``workspace/NAME`` and ``teardown/NAME`` on it, through the session's
+    ``PREFECT_API_URL``."""
     from prefect.client.orchestration import get_client
 
     from flows import deployments
 
     with get_client(sync_client=True) as client:
-        deployments.ensure_pool(client, pool, "process")
+        deployments.ensure_pool(client, pool, pool_type)
         for d in deployments.DEPLOYMENTS:
             if d.flow_name in CONTROLLER_FLOWS:
                 deployments.register_one(client, deployments.DeploymentSpec(d.flow_name, name, d.entrypoint, d.description),
-                                         pool)
+                                         pool, pool_type)

@@ -56,6 +56,9 @@ What it models:
   a scheduler that only checks nodeSelector / required node affinity, taints/tolerations and
   ``nvidia.com/gpu`` allocatable, and pod failures on demand (ImagePullBackOff, Unschedulable,
   CrashLoopBackOff).
+- HTTPS on a second port (``kube.serve_tls()``: ``tls_url``, ``ca_pem``) for in-cluster clients; the podman
+  kubelet then mounts each pod's service-account token and ``ca.crt`` (tests/containers). Each
+  request is kept in ``kube.requests`` with the listener it came in on and its bearer token.
 - Faults on demand: ``fail_next`` (status and/or delay per method + regex on the URL path, query
   excluded; ``status=0`` with ``delay_s`` serves the request after the delay), ``conflict_next``
   (any write of the object, creates included, answers 409 Conflict).

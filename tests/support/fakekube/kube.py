@@ -31,7 +31,10 @@ class FakeKube:
         self.controllers = controllers_mod.Controllers(self)
         self._run_controllers = controllers
         self._server: server.Server | None = None
+        self._tls_server: server.Server | None = None
         self.url = ""
+        self.tls_url = ""       # after serve_tls(): the same API over HTTPS
+        self.ca_pem = b""       # the CA that signed its certificate (a pod's ca.crt)
         self.handler_errors: list[str] = []  # exceptions inside request handlers (answered 500)
         fake_errors.register(self)
 
@@ -44,15 +47,36 @@ class FakeKube:
             self.controllers.start()
         return self
 
+    def serve_tls(self) -> "FakeKube":
+        """Serve the same API over HTTPS too, on another port of 127.0.0.1 (``tls_url``), with a
+        certificate for 127.0.0.1 signed by a CA made here (``ca_pem``): what a pod's in-cluster
+        configuration (service-account token + ``ca.crt`` + ``KUBERNETES_SERVICE_HOST/PORT``) needs.
+        Any bearer token is accepted, as on plain HTTP."""
+        import ssl
+        import tempfile
+
+        ca_pem, cert_pem, key_pem = _self_signed_ca_and_cert("127.0.0.1")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "cert.pem").write_bytes(cert_pem + ca_pem)
+            (Path(tmp) / "key.pem").write_bytes(key_pem)
+            ctx.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
+        self._tls_server, _ = server.start_server(self, tls=ctx)
+        self.tls_url = f"https://127.0.0.1:{self._tls_server.server_address[1]}"
+        self.ca_pem = ca_pem
+        return self
+
     def stop(self) -> None:
         self.stopping = True
         self.controllers.stop()
         with self.store.lock:
             self.store.changed.notify_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        for srv in (self._server, self._tls_server):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        self._server = self._tls_server = None
+        self.tls_url = ""
 
     def __enter__(self) -> "FakeKube":
         return self.start()
@@ -148,3 +172,38 @@ class FakeKube:
                     fault.times -= 1
                     return copy.copy(fault)
         return None
+
+
+def _self_signed_ca_and_cert(ip: str) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, a server certificate for ``ip`` signed by it, that certificate's key), PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fakekube-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)),
+                                                        x509.DNSName("kubernetes.default.svc")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return (ca.public_bytes(pem), cert.public_bytes(pem),
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

@@ -19,6 +19,10 @@ What a pod gets, as the kubelet would give it:
   is empty and the container failed); logs kept in ``kube.pod_logs[pod]`` and ``work/<pod>/*.log``;
 - securityContext: runAsUser/runAsGroup (``--user``), ``capabilities.drop: [ALL]``,
   ``allowPrivilegeEscalation: false`` (no-new-privileges), ``readOnlyRootFilesystem``;
+- the service account, when the fake serves HTTPS too (``kube.serve_tls()``): token, ``ca.crt`` and
+  ``namespace`` mounted read-only at /var/run/secrets/kubernetes.io/serviceaccount and
+  ``KUBERNETES_SERVICE_HOST``/``_PORT`` set, so in-cluster configuration reaches the fake (any token
+  is accepted: no RBAC); ``automountServiceAccountToken: false`` opts out;
 - the pod's readinessProbe (httpGet) decides Ready; the image is pulled once per reference
   (``--tls-verify=false`` for loopback registries), an unpullable one is ``ImagePullBackOff``.
 
@@ -49,6 +53,7 @@ from tests.support.fakekube import store
 REPO = Path(__file__).resolve().parents[3]
 IMAGES = REPO / "deployments" / "images"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def podman_env() -> dict[str, str]:
@@ -191,6 +196,9 @@ class _Pod:
         for m in c.get("volumeMounts") or []:
             host = volumes[m["name"]] / m["subPath"] if m.get("subPath") else volumes[m["name"]]
             args += ["-v", f"{host}:{m['mountPath']}:{'ro' if m.get('readOnly') else 'rw'}"]
+        account = self._service_account()
+        if account is not None:
+            args += ["-v", f"{account}:{SERVICE_ACCOUNT_DIR}:ro"]
         envfile = self.dir / "env" / c["name"]
         envfile.parent.mkdir(parents=True, exist_ok=True)
         envfile.touch(mode=0o600)
@@ -292,8 +300,29 @@ class _Pod:
             data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
         return data
 
+    def _service_account(self) -> Path | None:
+        """The pod's service-account folder (token, ca.crt, namespace), as the kubelet projects it, when
+        the fake serves HTTPS (``FakeKube.serve_tls``) and the pod does not opt out; else None."""
+        spec = self.pod.get("spec") or {}
+        if not self.kubelet.kube.tls_url or spec.get("automountServiceAccountToken") is False:
+            return None
+        path = self.dir / "serviceaccount"
+        if not path.exists():
+            path.mkdir(parents=True)
+            account = spec.get("serviceAccountName") or "default"
+            for name, data in {"token": f"fakekube-sa-{self.namespace}-{account}".encode(),
+                               "ca.crt": self.kubelet.kube.ca_pem, "namespace": self.namespace.encode()}.items():
+                (path / name).write_bytes(data)
+                (path / name).chmod(0o644)
+            path.chmod(0o755)
+        return path
+
     def _env(self, c: dict[str, Any]) -> dict[str, str]:
         env: dict[str, str] = dict(self.kubelet.node_env)
+        if self._service_account() is not None:   # the API server's address, as every pod gets it
+            host, port = self.kubelet.kube.tls_url.removeprefix("https://").rsplit(":", 1)
+            env.update({"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port,
+                        "KUBERNETES_SERVICE_PORT_HTTPS": port})
         for e in c.get("env") or []:
             if "value" in e:
                 env[e["name"]] = str(e["value"])

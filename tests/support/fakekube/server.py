@@ -11,6 +11,7 @@ import dataclasses
 import http.server
 import json
 import re
+import ssl
 import threading
 import time
 import traceback
@@ -27,6 +28,9 @@ MAX_WATCH_S = 300.0
 AGGREGATED = "APIGroupDiscoveryList"
 
 
+DISCONNECTS = (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError)   # the client went away (a watch it stopped)
+
+
 @dataclasses.dataclass
 class Request:
     method: str
@@ -34,6 +38,8 @@ class Request:
     query: dict[str, str]
     content_type: str
     body: Any
+    https: bool = False    # came in on the HTTPS listener (FakeKube.serve_tls)
+    token: str = ""        # the bearer token it carried (any is accepted)
 
 
 @dataclasses.dataclass
@@ -112,12 +118,14 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         parsed = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+        seen = {"https": isinstance(self.connection, ssl.SSLSocket),
+                "token": (self.headers.get("Authorization") or " ").split(" ", 1)[-1]}  # "Bearer x" / "bearer x"
         try:
             content_type, body = self._read_body()
         except store.ApiError as err:
-            self.kube.requests.append(Request(method, parsed.path, query, "", None))
+            self.kube.requests.append(Request(method, parsed.path, query, "", None, **seen))
             return self._error(err)
-        self.kube.requests.append(Request(method, parsed.path, query, content_type, body))
+        self.kube.requests.append(Request(method, parsed.path, query, content_type, body, **seen))
         fault = self.kube._take_fault(method, parsed.path)
         if fault is not None:
             if fault.delay_s:
@@ -128,7 +136,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self._dispatch(method, parsed.path, query, content_type, body)
         except store.ApiError as err:
             self._error(_strict_decoding(err, query))
-        except (BrokenPipeError, ConnectionResetError):
+        except DISCONNECTS:
             pass
         except Exception as err:  # noqa: BLE001 - a bug in the fake: recorded for the test, answered 500
             self.kube.handler_errors.append(f"{method} {parsed.path}: {err!r}\n{traceback.format_exc()}")
@@ -415,7 +423,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 self._write_events(batch)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
+        except DISCONNECTS:
             self.close_connection = True
 
     def _write_events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -454,10 +462,19 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
 
-def start_server(kube: Any) -> tuple[Server, threading.Thread]:
+        if not isinstance(sys.exc_info()[1], DISCONNECTS):   # a client that hung up is not worth a traceback
+            super().handle_error(request, client_address)
+
+
+def start_server(kube: Any, tls: Any = None) -> tuple[Server, threading.Thread]:
+    """The API on a free port of 127.0.0.1; with ``tls`` (an ``ssl.SSLContext``) over HTTPS."""
     handler = type("BoundApiHandler", (ApiHandler,), {"kube": kube})
     server = Server(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)  # handshake in the request's thread
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="fakekube-http")
     thread.start()
