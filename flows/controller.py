@@ -12,7 +12,9 @@ keyed by namespace/name, one at a time, in one thread:
                                 key ``<uid>-<generation>``; when it is final: observedGeneration =
                                 generation (a Crashed run is started again, twice at most, under
                                 key ``<uid>-<generation>-r<n>``; WorkspaceReady=False if it stays dead)
-    deletionTimestamp set ────► a run of ``teardown/teardown`` (key ``<uid>-teardown-<n>``); when it
+    deletionTimestamp set ────► an apply run of the workspace still going? set it Cancelling (its
+                                worker stops it) and wait until it ended (``cancel_wait_s`` at most)
+                           └──► a run of ``teardown/teardown`` (key ``<uid>-teardown-<n>``); when it
                                 completed and no NodeClaim of the workspace is left: drop the finalizer
 
 Why this is restart-safe: everything the controller knows is on the resource (finalizer,
@@ -139,6 +141,7 @@ class Options:
     requeue_s: float = 2.0
     max_backoff_s: float = 30.0
     crash_retries: int = 2  # a Crashed run (not a Failed one) is started again, under key <uid>-<generation>-r<n>
+    cancel_wait_s: float = 120.0  # a deleted workspace's apply run, set Cancelling, is waited for this long at most
     lease_name: str | None = "kaiflow-controller"
     lease_namespace: str | None = None
     lease_s: int = 15
@@ -158,6 +161,9 @@ class Controller:
         self.failures: dict[Key, int] = {}
         self.teardown_attempts: dict[str, int] = {}
         self.crash_retries: dict[tuple[str, int], int] = {}
+        self.cancelling: dict[str, float] = {}  # uid of a deleted workspace -> when its apply runs were set Cancelling
+        self.apply_runs_ended: set[str] = set()  # uids whose apply runs are all final: teardown may run
+        self.cancels_sent: set[str] = set()  # flow run ids set Cancelling
         self._queue: list[tuple[float, Key]] = []
         self._due: dict[Key, float] = {}
         self._cv = threading.Condition()
@@ -373,6 +379,8 @@ class Controller:
         uid = m.get("uid", "")
         if not crcontrol.has_finalizer(obj):
             return None
+        if uid not in self.apply_runs_ended and self._cancel_apply_runs(key, obj):
+            return self.o.requeue_s
         attempt = self.teardown_attempts.get(uid, 0)
         run = self._ensure_run(key, "teardown", f"{uid}-teardown-{attempt}", int(m.get("generation") or 1),
                                self.o.teardown_deployment, {"name": m["name"]}, m["name"])
@@ -396,6 +404,43 @@ class Controller:
             if self.objects.get(key, {}).get("metadata", {}).get("uid") == uid:
                 self.objects.pop(key, None)
         return None
+
+    def _cancel_apply_runs(self, key: Key, obj: dict) -> bool:
+        """Set the deleted workspace's apply runs that are still going Cancelling (their worker stops
+        them; a run not started yet goes straight to Cancelled), so the teardown does not race a deploy.
+        True while one has not ended yet (for ``cancel_wait_s`` at most). The runs are found in Prefect
+        (by the workspace's tag and its uid in the idempotency key), so a restarted controller finds
+        those a previous one started."""
+        from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState,
+                                                    FlowRunFilterStateType, FlowRunFilterTags)
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Cancelling
+
+        m = obj["metadata"]
+        uid = m.get("uid", "")
+        runs = [r for r in self.prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment_id(self.o.deployment)]),
+            tags=FlowRunFilterTags(all_=[f"workspace:{m['name']}", "controller"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType(s) for s in FINAL]))))
+                if (r.idempotency_key or "").startswith(f"{uid}-")]
+        if not runs:
+            self.apply_runs_ended.add(uid)
+            self.cancelling.pop(uid, None)
+            return False
+        since = self.cancelling.setdefault(uid, time.monotonic())
+        for run in runs:
+            if str(run.id) not in self.cancels_sent and (run.state is None or run.state.type != StateType.CANCELLING):
+                self.prefect.set_flow_run_state(run.id, Cancelling(message=f"workspace {key[0]}/{key[1]} deleted; "
+                                                                           "its teardown runs next"))
+                self.cancels_sent.add(str(run.id))
+                log.info("workspace %s/%s deleted: cancelling its flow run %s (%s)", *key, run.id,
+                         run.state.type.value if run.state else "SCHEDULED")
+        if time.monotonic() - since < self.o.cancel_wait_s:
+            return True
+        log.warning("workspace %s/%s: flow run(s) %s still not ended %.0f s after the cancel; tearing down anyway", *key,
+                    ", ".join(str(r.id) for r in runs), self.o.cancel_wait_s)
+        self.apply_runs_ended.add(uid)
+        return False
 
     def _store(self, key: Key, obj: dict) -> dict:
         with self._cv:

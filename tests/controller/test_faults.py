@@ -1,14 +1,16 @@
 """The controller under faults: killed mid-run, API server errors and dropped watches, Prefect
-unreachable, changes Kaito forbids (the leader dying: test_controller.py). Each ends with the workspace Ready and
-exactly one flow run per generation acted on."""
+unreachable, changes Kaito forbids (the leader dying: test_seed_commands.py). Each ends with the workspace Ready and
+exactly one flow run per generation acted on; the last one deletes a workspace mid-run (its run cancelled, then
+the teardown)."""
 
 from __future__ import annotations
 
 import signal
+from datetime import datetime
 
 import pytest
 
-from tests.controller.conftest import conditions, flow_runs, inference_workspace, wait_for
+from tests.controller.conftest import TEARDOWN, conditions, flow_runs, inference_workspace, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,15 @@ def test_sigkill_mid_run_no_duplicate_run_and_changes_made_while_down_are_picked
     ctl.wait()
     uid = s.workspace(name)["metadata"]["uid"]
 
+    # started again with nothing changed: the run of generation 1 is found again (by its idempotency
+    # key), not started a second time
+    ctl = s.start_controller(identity="ctl-kill-2")
+    wait_for("generation 1 Ready", lambda: s.ready(name), timeout=300)
+    runs = flow_runs(s.api, name)
+    assert len(runs) == 1 and (runs[0]["idempotency_key"], runs[0]["state_type"]) == (f"{uid}-1", "COMPLETED")
+    ctl.send_signal(signal.SIGKILL)
+    ctl.wait()
+
     # while the controller is down: an allowed change (Kaito lets inference.config change) -> generation 2
     s.kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-params", "namespace": "default"},
                    "data": {"inference_config.yaml": "vllm:\n  max-model-len: 2048\n"}})
@@ -34,7 +45,7 @@ def test_sigkill_mid_run_no_duplicate_run_and_changes_made_while_down_are_picked
     changed["inference"]["config"] = f"{name}-params"
     assert s.kubectl_apply(changed)["metadata"]["generation"] == 2
 
-    s.start_controller(identity="ctl-kill-2")
+    s.start_controller(identity="ctl-kill-3")
     wait_for("generation 2 Ready", lambda: s.ready(name), timeout=300)
     runs = flow_runs(s.api, name)
     assert sorted((r["idempotency_key"], r["state_type"]) for r in runs) == [(f"{uid}-1", "COMPLETED"), (f"{uid}-2", "COMPLETED")]
@@ -85,4 +96,30 @@ def test_api_errors_dropped_watch_410_and_prefect_outage_still_one_run_for_an_in
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
     wait_for("the set's status", lambda: ((s.kube.get("kaito.sh/v1beta1", "InferenceSet", name, "default") or {}).get("status") or {})
              .get("readyReplicas") == 1, timeout=60)
+    s.stop_controllers()
+
+
+def test_deleting_a_workspace_while_its_run_is_running_cancels_the_run_before_the_teardown(stack):
+    s = stack
+    name = "ctl-cancel"
+    # every status write of this workspace answers 4 s late (under the 5 s request timeout): the flow,
+    # which writes its conditions as it goes, is still running when the delete comes
+    s.kube.fail_next("PATCH", rf"/workspaces/{name}/status$", status=0, times=15, delay_s=4)
+    s.start_controller(identity="ctl-cancel")
+    s.kubectl_apply(inference_workspace(name))
+    wait_for("the flow run running", lambda: _running(s.api, name), timeout=60)
+    uid = s.workspace(name)["metadata"]["uid"]
+    s.delete(name)
+    wait_for("the workspace gone", lambda: s.workspace(name) is None, timeout=120)
+    s.kube.faults.clear()
+
+    [applied] = flow_runs(s.api, name)
+    [teardown] = flow_runs(s.api, name, deployment=TEARDOWN)
+    assert (applied["idempotency_key"], applied["state_type"]) == (f"{uid}-1", "CANCELLED")
+    assert (teardown["idempotency_key"], teardown["state_type"]) == (f"{uid}-teardown-0", "COMPLETED")
+    # the teardown run was made only once the apply run had ended (Prefect's own timestamps)
+    assert datetime.fromisoformat(teardown["created"]) >= datetime.fromisoformat(applied["end_time"])
+    assert f"deleted: cancelling its flow run {applied['id']} (RUNNING)" in s.log("ctl-cancel")
+    assert s.kube.get("apps/v1", "StatefulSet", name, "default") is None
+    assert s.kube.list("karpenter.sh/v1", "NodeClaim", labels={"kaito.sh/workspace": name}) == []
     s.stop_controllers()
