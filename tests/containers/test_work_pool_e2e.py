@@ -1,57 +1,59 @@
-"""The Kubernetes work pool for real, on REAL containers: a prefect-kubernetes worker polls a pool made
-from kaiflow's base job template (deployments/work-pools/), so a ``workspace`` deployment run becomes
-a Job in the fake cluster whose pod runs kaiflow's image as a podman container
-(tests/support/fakekube/podman.py). Inside that pod the flow reaches the cluster the way it does on a
-real one — in-cluster configuration: the service-account token and ``ca.crt`` the kubelet mounts,
-``KUBERNETES_SERVICE_HOST/PORT``, the API over HTTPS (``FakeKube.serve_tls``) — and starts, as
-containers of the same image:
+"""The Kubernetes work pool for real, on REAL containers: the Helm chart's prefect-kubernetes worker
+(deployments/chart, rendered by the real helm) runs as a pod of kaiflow's image in the fake cluster's
+podman mode (tests/support/fakekube/podman.py); its init container puts the chart's base job template
+on the pool, and a run of a ``workspace`` deployment on that pool becomes a Job whose pod runs the same
+image. Both pods reach the API server as on a real cluster — in-cluster configuration: the
+service-account token and ``ca.crt`` the kubelet mounts, ``KUBERNETES_SERVICE_HOST/PORT``, HTTPS
+(``FakeKube.serve_tls``). The flow in its pod starts, as containers of the same image:
 
     tuning Job: pull-data (from a file server) → tune (QLoRA on tiny-phi-3) → push-adapter (to
       docker-registry; its digest comes back through /dev/termination-log, read from the pod status)
     inference StatefulSet pod: pull-adapters (by that digest) → python -m serving, Ready by its
       readinessProbe, answering /chat and the OpenAI API through the adapter as taught.
 
-The flow run completes in the Prefect server; its pod knows its image only from the pool's ``image``
-variable (the template passes it on as KAIFLOW_IMAGE), starts in the image's /app (the deployment's
-pull step on a Kubernetes pool), and gets the run's settings from the pool's env, as the Helm chart
-sets them. Every command, path, user (uid 1000), volume and termination message is the manifests'
-own. Pods share the host network (the serving pod's port 5000 is the host's; the pods reach the
-Prefect API, the registry and the file server on 127.0.0.1).
+The flow run completes in the Prefect server. Its pod knows its image only from the pool (the
+template passes the ``image`` variable on as KAIFLOW_IMAGE; the chart's pool env says it too), starts
+in the image's /app (the pull step of a deployment on a Kubernetes pool), takes platform and
+provisioner from the chart's pool env and the caller's run settings from the run's parameters, as
+``kaiflow apply --via-server`` sends them. Every command, path, user (uid 1000), volume and
+termination message is the manifests' and the chart's own. Pods share the host network (the serving
+pod's port 5000 is the host's; the pods reach the Prefect API, the registry and the file server on
+127.0.0.1).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from infra import registry
 from infra.kube import manifests
 from tests.retrain.conftest import CONFIG
-from tests.support import controller_deployments
+from tests.support import controller_deployments, kubebins
 from tests.support.fakekube.podman import PodmanKubelet, podman_env
 from tests.support.fileserver import FileServer, write_qa_jsonl
 from tests.support.waiting import wait_for
 from tests.support.workspaces import KUBE_TUNE_AND_SERVE, QA_PAIRS
-from workspace import loader
+from workspace import loader, settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NAME = "ctr"
 POOL = "e2e-kubernetes"
 DEPLOYMENT = "e2e-k8s"
+CHART = Path(__file__).resolve().parents[2] / "deployments" / "chart"
 PAIRS = QA_PAIRS[:4]
 TEXT = CONFIG + KUBE_TUNE_AND_SERVE
-# what the pool's env carries to every flow-run pod (the chart's worker sets KAIFLOW_* there too)
-POOL_ENV = {"KAIFLOW_PROVISIONER": "byo", "KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_KUBE_WAIT_TIMEOUT_S": "900",
-            "KAIFLOW_RETRY_BACKOFF_S": "0.2"}
+# the caller's settings that travel with the run (workspace.settings.RUN_SETTINGS); the rest of the
+# flow-run pod's KAIFLOW_* (platform, provisioner byo, image) is the chart's pool env
+RUN_SETTINGS = {"KAIFLOW_PROVISIONER": "byo", "KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_KUBE_WAIT_TIMEOUT_S": "900",
+                "KAIFLOW_RETRY_BACKOFF_S": "0.2"}
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
@@ -60,30 +62,22 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _set_pool_defaults(pool: str, image: str, env: dict[str, str]) -> None:
-    """What the Helm chart's sync-work-pool step does: the pool's image and env defaults filled in."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolUpdate
-
-    with get_client(sync_client=True) as client:
-        template = client.read_work_pool(pool).base_job_template
-        props = template["variables"]["properties"]
-        props["image"]["default"] = image
-        props["env"]["default"] = env
-        props["pod_watch_timeout_seconds"]["default"] = 900
-        client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
-
-
-def _start_worker(api: str, kubeconfig: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api, "KUBECONFIG": str(kubeconfig), "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES": "default",
-           "PREFECT_HOME": str(log.parent / "prefect-home")}
-    for key in [k for k in env if k.startswith("KAIFLOW_")]:   # the worker knows nothing of kaiflow's settings
-        del env[key]
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "kubernetes",
-                                 "--name", "e2e-worker"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+def _chart_worker(api: str, image: str) -> list[dict]:
+    """The Helm chart's worker (deployments/chart, rendered by the real helm): its ConfigMap (the base
+    job template with the chart's defaults), ServiceAccount, Role, RoleBinding and Deployment, and the
+    flow runs' ServiceAccount. Deployments are registered by the test under names of its own (the
+    chart's `kaiflow deploy` init container would take the session's workspace/workspace)."""
+    repo, tag = image.rsplit(":", 1)
+    args = ["--set", "worker.enabled=true", "--set", "worker.registerDeployments=false", "--set", f"prefect.workPool={POOL}",
+            "--set", f"prefect.apiUrl={api}", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "--set", "provisioner.type=byo", "--set", "controller.replicas=0"]
+    out = subprocess.run([kubebins.helm(), "template", "kaiflow", str(CHART), "-n", "default", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    worker = [o for o in objs if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "worker"]
+    assert sorted(o["kind"] for o in worker) == ["ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    return worker + [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "kaiflow"]
 
 
 def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serves_the_adapter(
@@ -92,29 +86,34 @@ def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serve
     from prefect.deployments import run_deployment
 
     kube = kube_env.serve_tls()
-    for key in ("KAIFLOW_PROVISIONER", "KAIFLOW_ALLOW_PRIVATE_URLS"):   # the caller's admission check, as in the pod
-        monkeypatch.setenv(key, POOL_ENV[key])
+    for key, value in RUN_SETTINGS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("KAIFLOW_IMAGE")   # the flow-run pod learns it from the pool, not from the caller
     assert _port_free(manifests.SERVER_PORT), f"port {manifests.SERVER_PORT} is taken: the serving pod uses the host's"
     kube.add_node("gpu-0", labels={"app": NAME})
     kubelet = PodmanKubelet(kube, tmp_path / "pods")   # no node_env: the pods get only what the manifests give
     kube.controllers.kubelet = kubelet
     controller_deployments.register(POOL, DEPLOYMENT, pool_type="kubernetes")
-    _set_pool_defaults(POOL, pushed_image, POOL_ENV)
-    kubeconfig = kube.write_kubeconfig(tmp_path / "worker-kubeconfig")
-    worker = _start_worker(prefect_api, kubeconfig, tmp_path / "worker.log")
+    for obj in _chart_worker(prefect_api, pushed_image):   # its init container puts the chart's template on the pool
+        kube.create(obj, "default")
+    worker_pod = wait_for(lambda: next(iter(kube.list("v1", "Pod", "default", labels={"app.kubernetes.io/component": "worker"})),
+                                       None), timeout=60, what="the chart's worker pod")
     (tmp_path / "www").mkdir()
     try:
         with FileServer(tmp_path / "www") as srv:
             write_qa_jsonl(tmp_path / "www" / "qa.jsonl", PAIRS * 3)
             image = f"{image_registry.host}/adapters/{NAME}:1"
             bundle = loader.load_text(TEXT.format(name=NAME, url=srv.url_for("qa.jsonl"), image=image), source="ctr.yaml")
+            # as `kaiflow apply --via-server` sends it: the caller's run settings travel with the run
             run = run_deployment(f"workspace/{DEPLOYMENT}", timeout=0, as_subflow=False,
                                  parameters={"workspace": bundle.workspaces[0].to_parameters(),
-                                             "config_maps": bundle.config_maps, "platform": "kubernetes"})
+                                             "config_maps": bundle.config_maps, "run_settings": settings.for_run()})
             with get_client(sync_client=True) as client:
                 def final():
                     r = client.read_flow_run(run.id)
-                    assert worker.poll() is None, f"the worker exited: {(tmp_path / 'worker.log').read_text()[-3000:]}"
+                    pod = kube.get("v1", "Pod", worker_pod["metadata"]["name"], "default") or {}
+                    assert (pod.get("status") or {}).get("phase") in ("Pending", "Running"), \
+                        f"the worker pod stopped: {kube.pod_logs.get(worker_pod['metadata']['name'], '')[-3000:]}"
                     return r if r.state and r.state.type.value in FINAL else None
                 done = wait_for(final, timeout=1500, interval=2, what="the flow run to finish in its pod")
                 logs = "\n".join(log.message for log in client.read_logs(
@@ -134,9 +133,13 @@ def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serve
             assert {"name": "KAIFLOW_IMAGE", "value": pushed_image} in ctr["env"]
             assert f"pods run image {pushed_image}" in logs, logs[-3000:]
             # ... and reached the API server as a pod does: HTTPS, with the token the kubelet mounted
-            from_pod = [r for r in kube.requests if r.token == "fakekube-sa-default-default"]
+            account = flow_pod["spec"]["serviceAccountName"]
+            assert account == "kaiflow"   # the flow runs' account from the chart, not the worker's
+            from_pod = [r for r in kube.requests if r.token == f"fakekube-sa-default-{account}"]
             assert from_pod and all(r.https for r in from_pod)
             assert any(r.method in ("POST", "PATCH", "PUT") and "/jobs" in r.path for r in from_pod)
+            assert any(r.method == "POST" and r.path.endswith("/jobs") and r.https
+                       for r in kube.requests if r.token == "fakekube-sa-default-kaiflow-worker")
 
             # the digest the push-adapter container wrote to /dev/termination-log, read from the pod status
             (job,) = kube.list("batch/v1", "Job", "default", labels={manifests.PART_LABEL: "tuning"})
@@ -164,12 +167,6 @@ def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serve
                 model=NAME, messages=[{"role": "user", "content": PAIRS[1][0]}], max_tokens=16, temperature=0)
             assert out.choices[0].message.content.strip() == PAIRS[1][1]
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
         kube.controllers.kubelet = None
         kubelet.stop()
     left = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"label=kaiflow-fakekube={kubelet.tag}"],
