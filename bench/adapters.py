@@ -24,6 +24,11 @@ loaded 2-core box, 75 % of it start-ups) is what makes the default run fit in a 
 slot count is the largest N's for every N (vLLM's LoRA kernels gather each token's adapter by
 index: the number of slots sizes memory, not the work per token).
 
+Measured 2026-12-01 on the 2-core box shared with two other sessions (load 3.5-8.7), defaults:
+294 s in all (servers up after 144 s). At 8 adapters kaiflow/vLLM 1.01 (rounds 1.43 1.01 1.28
+0.80 0.91) and spread/one 0.90 (rounds 1.31 0.59 0.90 0.96 0.88): both targets met by the median;
+at 1 adapter 0.97 / 1.07, at 32 adapters 0.90 / 0.83. Rounds still swing 0.5-1.5 on this box.
+
     .venv/bin/python bench/adapters.py                       # N = 1 8 32, 5 rounds
     .venv/bin/python bench/adapters.py --adapters 8 --rounds 3
 """
