@@ -103,12 +103,26 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the ``gpu`` tests where there is no CUDA (deselected, not skipped: strict mode stays strict)."""
+    """Deselect the ``gpu`` tests where there is no CUDA (deselected, not skipped: strict mode stays strict).
+    Tests that need kaiflow's container image run last, and its build starts now in the background,
+    so on a fresh machine (minutes: debootstrap, buildah) it overlaps the rest of the session."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu and not _has_cuda():
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
         config.stash[_GPU_DESELECTED] = len(gpu)
+    needs_image = [item for item in items if "kaiflow_image" in getattr(item, "fixturenames", ())]
+    if needs_image and not config.option.collectonly:
+        from tests.containers import images
+
+        items[:] = [item for item in items if item not in needs_image] + needs_image
+        images.start_background_build(_SESSION_TMP / "image-build")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.containers import images
+
+    images.stop_background_build()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -32,6 +32,11 @@ say() { echo "images: $*" >&2; }
 for tool in podman buildah skopeo debootstrap runc; do
   command -v "$tool" >/dev/null || { say "$tool is missing: run make system-deps"; exit 1; }
 done
+# one build at a time per cache: a second caller (the test session's early background build, then the
+# fixture) waits here and then finds the image made
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+flock 9
 
 # 1. base image
 if ! podman image exists "$BASE"; then
