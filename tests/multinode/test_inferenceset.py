@@ -61,6 +61,24 @@ def test_kubectl_scale_changes_the_child_workspaces(kube_env, kubectl: kubebins.
     assert inferenceset.reconcile(kube, _live(fake)).created == [], "a repeated reconcile changes nothing"
 
 
+def test_scaling_in_removes_a_replica_that_is_not_ready_before_a_serving_one(kube_env, kubectl: kubebins.Kubectl) -> None:
+    from infra.kube import crcontrol
+
+    fake = kube_env
+    kubectl("apply", "-f", str(EXAMPLE))
+    kubectl("scale", "inferenceset", NAME, "--replicas", "3")
+    kube = kclient.connect(settings.load())
+    assert inferenceset.reconcile(kube, _live(fake)).created == [f"{NAME}-0", f"{NAME}-1", f"{NAME}-2"]
+    for i in (0, 2):  # -1 is the broken one (not the newest, which a plain newest-first rule would take)
+        child = fake.get("kaito.sh/v1beta1", "Workspace", f"{NAME}-{i}", "default")
+        crcontrol.set_condition(kube, child, "WorkspaceReady", True, "WorkspaceReady", "serving")
+    kubectl("scale", "inferenceset", NAME, "--replicas", "2")
+    assert inferenceset.reconcile(kube, _live(fake)).deleted == [f"{NAME}-1"]
+    assert _children(fake) == [f"{NAME}-0", f"{NAME}-2"] and _live(fake)["status"]["readyReplicas"] == 2
+    kubectl("scale", "inferenceset", NAME, "--replicas", "1")  # all serving: the newest goes
+    assert inferenceset.reconcile(kube, _live(fake)).deleted == [f"{NAME}-2"]
+
+
 def test_an_inferenceset_without_a_template_is_refused_naming_the_field() -> None:
     doc = yaml.safe_load(EXAMPLE.read_text())
     del doc["spec"]["template"]["inference"]
