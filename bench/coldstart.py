@@ -25,6 +25,13 @@ Prefect bookkeeping between tasks, 1.6 s from the flow's end to the CLI's exit. 
 used to build an HTTP client (and TLS context) per poll, CPU taken from the loading server: the
 run before that change read 1.36 warm, 5.66 cold, under heavier load.
 
+Later the same day (session 7), with the box shared by two sessions (load 2-7), the by-hand start
+took only 6.4-10.4 s, so the same seconds weigh more: warm 1.90 and 1.69 in two runs (kaiflow
+12.3 s and 15.1 s). The CLI's exit, 1.6 s before, is now 0.25-1.0 s (`kaiflow` no longer lets the
+interpreter collect the imported modules' objects at exit: flows/cli.py); importing the CLI takes
+0.3 s and importing Prefect with the workspace flow 1.5 s, which alone is 0.2 of a 7 s baseline.
+With a model that takes longer to load than tiny-phi-3 the same ~4-5 s weigh less (--engine vllm).
+
     .venv/bin/python bench/coldstart.py                  # transformers engine, 3 runs
     .venv/bin/python bench/coldstart.py --engine vllm --runs 2
 """
@@ -147,6 +154,18 @@ async def _read_phases(run_id: str, t0_wall: float) -> list[Any]:
     return out
 
 
+def import_seconds(env: dict[str, str], times: int) -> dict[str, float]:
+    """Seconds a new interpreter spends importing what `kaiflow apply` imports before its flow run
+    starts: kaiflow's CLI and apply command, then Prefect and the workspace flow (with the CLI's GC
+    threshold, as `kaiflow` runs them); the median of ``times``."""
+    code = ("import time; t = time.perf_counter(); import flows.cli, flows.commands; c = time.perf_counter() - t; "
+            "import gc; gc.set_threshold(10_000, 10, 10); t = time.perf_counter(); import flows.workspace_flow; "
+            "print(c, time.perf_counter() - t)")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, capture_output=True,
+                           text=True).stdout.split() for _ in range(times)]
+    return {"cli": statistics.median(float(r[0]) for r in runs), "prefect": statistics.median(float(r[1]) for r in runs)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", choices=("transformers", "vllm"), default="transformers")
@@ -198,6 +217,9 @@ def main() -> None:
     cold_phases = dict(cold["phases"]) if cold else {}
     for name, seconds in mid["phases"]:
         print(f"  {seconds:6.2f} s  {cold_phases.get(name, float('nan')):6.2f} s  {name}")
+    imports = import_seconds(env, min(3, args.runs))
+    print(f"  of the first line: importing kaiflow's CLI {imports['cli']:.2f} s, then Prefect and the workspace "
+          f"flow {imports['prefect']:.2f} s (measured apart in a new process)")
     print(f"RESULT coldstart_ratio={ratio:.2f}")
     if cold:
         print(f"RESULT coldstart_cold_ratio={cold['total'] / hand:.2f}")

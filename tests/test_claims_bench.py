@@ -68,6 +68,8 @@ def test_bench_coldstart_prints_its_ratio_and_where_the_seconds_go(prefect_api):
     out = bench("coldstart.py", "--runs", "1", "--prefect-api", prefect_api)
     assert re.search(rf"^RESULT coldstart_ratio={RATIO}$", out, re.M), out
     assert re.search(r"^\s+\d+\.\d+ s\s+nan s  task deploy", out, re.M), out
+    assert re.search(r"^  of the first line: importing kaiflow's CLI \d+\.\d+ s, then Prefect and the workspace flow "
+                     r"\d+\.\d+ s", out, re.M), out
 
 
 @pytest.mark.slow
@@ -77,3 +79,7 @@ def test_bench_adapters_prints_its_ratios():
                 "--max-tokens", "2", env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}, timeout=1500)
     assert re.search(rf"^\s+2 \| spread \| +\d+\.\d \| +\d+\.\d \| +{RATIO} \| +{RATIO} \| +{RATIO}$", out, re.M), out
     assert re.search(rf"^RESULT adapters2_vs_vllm={RATIO}$", out, re.M), out
+    assert re.search(rf"^RESULT adapters2_vs_one={RATIO}$", out, re.M), out
+    # both servers start once with no adapter; the two are loaded into each at run time
+    assert re.search(r"^N=2: 2 adapters loaded into both servers", out, re.M), out
+    assert re.search(rf"^ +\(kaiflow/vLLM spread by round: {RATIO}\)$", out, re.M), out
