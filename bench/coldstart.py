@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -201,6 +202,7 @@ def main() -> None:
     finally:
         if not args.prefect_api:
             prefect_server.stop()
+        shutil.rmtree(home, ignore_errors=True)  # the model, records and logs of this run's applies
     ratios = [k / h for k, h in zip(times["kaiflow"], times["hand"])]
     ratio = statistics.median(ratios)
     hand = statistics.median(times["hand"])
