@@ -210,8 +210,17 @@ def cmd_plan(args) -> int:
     from infra import datasets  # tuning data that answers 404 or an HTML page: said now, not after provisioning
     from workspace import settings
 
-    private = settings.load().allow_private_urls
+    s = settings.load()
+    private = s.allow_private_urls
     found = [f for w in bundle.workspaces if w.tuning for u in w.tuning.input.urls or [] if (f := datasets.probe(u, private))]
+    if s.platform in ("kubernetes", "aks"):  # the image every pod would run, resolved as apply resolves it
+        from infra import images
+        from workspace.errors import SpecError
+
+        try:
+            print(images.resolve(s.image).line(), file=sys.stdout if args.output != "json" else sys.stderr)
+        except SpecError as exc:
+            found.append(("error", str(exc)))
     for level, message in found:
         print(f"{level}: {message}", file=sys.stderr)
     return 0 if all(p.fits for p in plans) and all(level != "error" for level, _ in found) else 1

@@ -53,3 +53,22 @@ def test_an_unreachable_registry_is_noted_not_refused():
 def test_a_reference_that_is_not_one_names_the_setting():
     with pytest.raises(errors.SpecError, match=r"KAIFLOW_IMAGE='Registry/UPPER:x' is not an image reference"):
         images.resolve("Registry/UPPER:x")
+
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "workspace-phi-3-mini.yaml"
+
+
+def test_plan_on_a_cluster_platform_says_which_image_the_pods_would_run(reg, tmp_path, monkeypatch, capsys):
+    from flows import cli
+
+    pinned = _push(tmp_path, f"{reg.host}/kaiflow:cpu-2")
+    monkeypatch.setenv("KAIFLOW_PLATFORM", "kubernetes")
+    monkeypatch.setenv("KAIFLOW_IMAGE", f"{reg.host}/kaiflow:cpu-2")
+    assert cli.main(["plan", "-f", str(SEED)]) == 0
+    assert f"pods run image {reg.host}/kaiflow:cpu-2 ({pinned.rsplit('@', 1)[1]})" in capsys.readouterr().out
+    monkeypatch.setenv("KAIFLOW_IMAGE", f"{reg.host}/kaiflow:gone")
+    assert cli.main(["plan", "-f", str(SEED)]) == 1
+    assert f"error: KAIFLOW_IMAGE={reg.host}/kaiflow:gone: no such image" in capsys.readouterr().err
+    monkeypatch.setenv("KAIFLOW_PLATFORM", "local")   # one machine: no image to name
+    assert cli.main(["plan", "-f", str(SEED)]) == 0
+    assert "pods run image" not in capsys.readouterr().out
