@@ -34,21 +34,30 @@ PROMPTS = ["The capital of France is", "def main():", "Hello, how are you today?
 
 
 @contextlib.contextmanager
-def server(name: str, argv: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
-    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+def servers(specs: list[tuple[str, list[str], int]], env: dict[str, str]) -> Iterator[list[str]]:
+    """Start every server at once (their engines load side by side), then wait for each to be healthy."""
+    procs: list[subprocess.Popen] = []
     try:
-        local_process.wait_healthy(f"{url}/health", pid=proc.pid, marker=" ".join(argv[:2]), timeout=600, log_path=log)
-        print(f"{name}: up at {url} (log {log})", flush=True)
-        yield url
+        started = []
+        for name, argv, port in specs:
+            log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+            with log.open("w") as out:
+                procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                              env=env))
+            started.append((name, argv, f"http://127.0.0.1:{port}", log, procs[-1]))
+        for name, argv, url, log, proc in started:
+            local_process.wait_healthy(f"{url}/health", pid=proc.pid, marker=" ".join(argv[:2]), timeout=600,
+                                       log_path=log)
+            print(f"{name}: up at {url} (log {log})", flush=True)
+        yield [url for _, _, url, _, _ in started]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 async def one_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
@@ -102,7 +111,7 @@ def main() -> None:
                  "--max-model-len", "1024", "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16",
                  "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port)]
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
-    with server("vllm", vllm_argv, v_port, env) as v_url, server("kaiflow", kaiflow_argv, k_port, env) as k_url:
+    with servers([("vllm", vllm_argv, v_port), ("kaiflow", kaiflow_argv, k_port)], env) as (v_url, k_url):
         for url in (v_url, k_url):  # warm-up: first requests compile and fill caches
             asyncio.run(one_level(url, "m", 4, 8, args.max_tokens))
         for r in range(args.rounds):
