@@ -428,7 +428,9 @@ class _Sink:
         self._out, self._sha = out, sha
         self._batch: list[bytes] = []
         self._batched = 0
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # memory stays bounded
+        # memory stays bounded: at most 3 blocks waiting, 1 being hashed and written, 1 being joined
+        # (~6 MiB in all; 16 waiting blocks let a slow disk or a loaded machine hold 17 MiB)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=3)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dataset-sink", daemon=True)
 
