@@ -41,7 +41,6 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.serving import PROMPTS  # noqa: E402
+from bench.serving import PROMPTS, Started, started_servers, wait_up  # noqa: E402
 from infra import local_process  # noqa: E402
 
 TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # tests/serving/conftest.py's
@@ -110,7 +109,7 @@ async def load(url: str, names: list[str], concurrency: int, requests: int, max_
 
 
 @contextlib.contextmanager
-def both_servers(model_path: str, max_loras: int, env: dict[str, str]) -> Iterator[list[tuple[str, str, int, list[str], Path]]]:
+def both_servers(model_path: str, max_loras: int, env: dict[str, str]) -> Iterator[list[Started]]:
     """vLLM's server and kaiflow's, started at once with no adapter and ``max_loras`` LoRA slots of rank 16;
     yields (name, url, pid, argv, log) of each as soon as they are started (wait with `wait_up`)."""
     config = Path(tempfile.mkstemp(suffix=".yaml")[1])
@@ -123,31 +122,12 @@ def both_servers(model_path: str, max_loras: int, env: dict[str, str]) -> Iterat
                  "--max-lora-rank", "16", "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port)]
     # vLLM's server takes adapters at run time (as kaiflow's does) only with this set
     vllm_env = {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        started = []
-        for name, argv, port, penv in (("vllm", vllm_argv, v_port, vllm_env), ("kaiflow", kaiflow_argv, k_port, env)):
-            log = Path(tempfile.mkstemp(prefix=f"bench-adapters-{name}-", suffix=".log")[1])
-            with log.open("w") as out:  # both start now: their start-ups overlap
-                procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                              env=penv))
-            started.append((name, f"http://127.0.0.1:{port}", procs[-1].pid, argv, log))
-        yield started
+        with started_servers([("vllm", vllm_argv, v_port, vllm_env), ("kaiflow", kaiflow_argv, k_port, env)],
+                             prefix="bench-adapters") as started:
+            yield started
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         config.unlink()
-
-
-def wait_up(servers: list[tuple[str, str, int, list[str], Path]]) -> None:
-    for name, url, pid, argv, log in servers:
-        local_process.wait_healthy(f"{url}/health", pid=pid, marker=" ".join(argv[:2]), timeout=900, log_path=log)
-        print(f"{name}: up at {url} (log {log})", flush=True)
 
 
 def load_adapters(url: str, dirs: dict[str, Path]) -> None:
@@ -209,7 +189,7 @@ def main() -> None:
         # the servers load their engines while the adapters are built: the two overlap
         dirs = build_adapters(model_path, Path(tmp), counts[-1])
         print(f"{len(dirs)} adapters built in {time.perf_counter() - began:.0f} s", flush=True)
-        wait_up(servers)
+        wait_up(servers, timeout=900)
         print(f"both servers up {time.perf_counter() - began:.0f} s after the start", flush=True)
         urls = {name: url for name, url, *_ in servers}
         loaded = 0

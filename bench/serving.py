@@ -33,23 +33,24 @@ PROMPTS = ["The capital of France is", "def main():", "Hello, how are you today?
            "Kaiflow fine-tunes and serves", "Monday Tuesday Wednesday", "Please summarise the following"]
 
 
+Started = tuple[str, str, int, list[str], Path]   # name, url, pid, argv, log
+
+
 @contextlib.contextmanager
-def servers(specs: list[tuple[str, list[str], int]], env: dict[str, str]) -> Iterator[list[str]]:
-    """Start every server at once (their engines load side by side), then wait for each to be healthy."""
+def started_servers(specs: list[tuple[str, list[str], int, dict[str, str]]], prefix: str = "bench",
+                    ) -> Iterator[list[Started]]:
+    """Start every server (name, argv, port, env) at once, so their engines load side by side; yield
+    each as soon as it is started (wait with :func:`wait_up`); stop them all at the end."""
     procs: list[subprocess.Popen] = []
     try:
-        started = []
-        for name, argv, port in specs:
-            log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+        started: list[Started] = []
+        for name, argv, port, env in specs:
+            log = Path(tempfile.mkstemp(prefix=f"{prefix}-{name}-", suffix=".log")[1])
             with log.open("w") as out:
                 procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                               env=env))
-            started.append((name, argv, f"http://127.0.0.1:{port}", log, procs[-1]))
-        for name, argv, url, log, proc in started:
-            local_process.wait_healthy(f"{url}/health", pid=proc.pid, marker=" ".join(argv[:2]), timeout=600,
-                                       log_path=log)
-            print(f"{name}: up at {url} (log {log})", flush=True)
-        yield [url for _, _, url, _, _ in started]
+            started.append((name, f"http://127.0.0.1:{port}", procs[-1].pid, argv, log))
+        yield started
     finally:
         for proc in procs:
             proc.terminate()
@@ -58,6 +59,12 @@ def servers(specs: list[tuple[str, list[str], int]], env: dict[str, str]) -> Ite
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def wait_up(servers: list[Started], timeout: float = 600) -> None:
+    for name, url, pid, argv, log in servers:
+        local_process.wait_healthy(f"{url}/health", pid=pid, marker=" ".join(argv[:2]), timeout=timeout, log_path=log)
+        print(f"{name}: up at {url} (log {log})", flush=True)
 
 
 async def one_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
@@ -111,7 +118,9 @@ def main() -> None:
                  "--max-model-len", "1024", "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16",
                  "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(v_port)]
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
-    with servers([("vllm", vllm_argv, v_port), ("kaiflow", kaiflow_argv, k_port)], env) as (v_url, k_url):
+    with started_servers([("vllm", vllm_argv, v_port, env), ("kaiflow", kaiflow_argv, k_port, env)]) as started:
+        wait_up(started)
+        v_url, k_url = (url for _, url, *_ in started)
         for url in (v_url, k_url):  # warm-up: first requests compile and fill caches
             asyncio.run(one_level(url, "m", 4, 8, args.max_tokens))
         for r in range(args.rounds):
