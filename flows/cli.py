@@ -213,7 +213,9 @@ def cmd_plan(args) -> int:
     s = settings.load()
     private = s.allow_private_urls
     found = [f for w in bundle.workspaces if w.tuning for u in w.tuning.input.urls or [] if (f := datasets.probe(u, private))]
-    if s.platform in ("kubernetes", "aks"):  # the image every pod would run, resolved as apply resolves it
+    from infra import platforms
+
+    if platforms.get(s.platform, s).runs_in_image:  # the image every pod would run, resolved as apply resolves it
         from infra import images
         from workspace.errors import SpecError
 

@@ -111,6 +111,9 @@ class Platform(Protocol):
     runs_inferencesets: bool
     """Whether ``kaiflow apply`` of an InferenceSet works here: its N child Workspaces are resources a
     cluster keeps (and scales); a platform that serves one process per workspace on one machine has none."""
+    runs_in_image: bool
+    """Whether the steps run in kaiflow's image (``KAIFLOW_IMAGE``, infra.images): pods on a cluster do;
+    the local platform runs them as processes of this machine."""
 
     def reporter(self, ws: spec.Workspace) -> status.Reporter:
         """The status sink for ``ws``: its record, plus whatever the platform mirrors it to."""

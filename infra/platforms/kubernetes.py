@@ -50,6 +50,7 @@ class KubernetesPlatform:
     """A cluster reached through kubeconfig or in-cluster config; GPU nodes from ``source``."""
 
     runs_inferencesets = True  # children are Workspace resources (infra.kube.inferenceset)
+    runs_in_image = True  # every pod runs KAIFLOW_IMAGE
 
     def __init__(self, name: str, source: nodes.NodeSource, settings: settings_mod.Settings) -> None:
         self.name = name

@@ -49,6 +49,7 @@ SERVING_MARKER = "-m serving"
 class LocalPlatform:
     name = "local"
     runs_inferencesets = False  # one server process per workspace here: N replicas would split one machine
+    runs_in_image = False  # the steps are processes of this machine
 
     # ------------------------------------------------------------------ shared
     def reporter(self, ws: spec.Workspace) -> status.Reporter:
