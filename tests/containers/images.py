@@ -24,42 +24,44 @@ TOOLS = ("podman", "buildah", "skopeo", "debootstrap", "runc")
 BUILD_SECONDS: dict[str, float] = {}   # what the session's build took (printed in the test's report)
 
 
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+
+
 def require_tools() -> None:
-    missing = [t for t in TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+    missing = missing_tools()
     if missing:
         pytest.skip(f"container tools missing: {' '.join(missing)} (make system-deps installs them)")
 
 
-_BACKGROUND: dict[str, subprocess.Popen] = {}
+_early: subprocess.Popen | None = None   # the session's background build, when one was started
 
 
 def start_background_build(folder: Path) -> bool:
     """Start build.sh now, in the background (the test session's start, when image tests are selected),
     so a fresh machine's image build overlaps the tests that run before them; ``build()`` then waits
     for it. False when a container tool is missing (the fixture says so then)."""
-    if _BACKGROUND or any(shutil.which(t) is None and not Path("/usr/sbin", t).exists() for t in TOOLS):
+    global _early
+    if _early is not None or missing_tools():
         return False
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "image-build.out").open("wb") as out, (folder / "image-build.err").open("wb") as err:
-        _BACKGROUND["proc"] = subprocess.Popen([str(BUILD)], stdout=out, stderr=err, cwd=REPO, start_new_session=True)
-    _BACKGROUND["folder"] = folder  # type: ignore[assignment]
+        _early = subprocess.Popen([str(BUILD)], stdout=out, stderr=err, cwd=REPO, start_new_session=True)
     return True
 
 
 def stop_background_build() -> None:
-    proc = _BACKGROUND.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=60)
+    if _early is not None and _early.poll() is None:
+        _early.terminate()
+        _early.wait(timeout=60)
 
 
 def build() -> tuple[str, str]:
     """(image reference, the script's report on stderr)."""
     require_tools()
     t0 = time.monotonic()
-    early = _BACKGROUND.get("proc")
-    if early is not None:
-        early.wait(timeout=3600)   # a failed early build is simply run again below, in the foreground
+    if _early is not None:
+        _early.wait(timeout=3600)   # a failed early build is simply run again below, in the foreground
     proc = subprocess.run([str(BUILD)], capture_output=True, text=True, cwd=REPO, timeout=3600)
     BUILD_SECONDS.setdefault("first", time.monotonic() - t0)
     assert proc.returncode == 0, f"deployments/images/build.sh failed:\n{proc.stderr[-4000:]}"
