@@ -36,7 +36,7 @@ from infra import registry
 from infra.kube import manifests
 from tests.retrain.conftest import CONFIG
 from tests.support import controller_deployments, kubebins
-from tests.support.fakekube.podman import PodmanKubelet, podman_env
+from tests.support.fakekube.podman import PodmanKubelet, podman_env, service_account_token
 from tests.support.fileserver import FileServer, write_qa_jsonl
 from tests.support.waiting import wait_for
 from tests.support.workspaces import KUBE_TUNE_AND_SERVE, QA_PAIRS
@@ -54,7 +54,6 @@ TEXT = CONFIG + KUBE_TUNE_AND_SERVE
 # flow-run pod's KAIFLOW_* (platform, provisioner byo, image) is the chart's pool env
 RUN_SETTINGS = {"KAIFLOW_PROVISIONER": "byo", "KAIFLOW_ALLOW_PRIVATE_URLS": "true", "KAIFLOW_KUBE_WAIT_TIMEOUT_S": "900",
                 "KAIFLOW_RETRY_BACKOFF_S": "0.2"}
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _port_free(port: int) -> bool:
@@ -114,7 +113,7 @@ def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serve
                     pod = kube.get("v1", "Pod", worker_pod["metadata"]["name"], "default") or {}
                     assert (pod.get("status") or {}).get("phase") in ("Pending", "Running"), \
                         f"the worker pod stopped: {kube.pod_logs.get(worker_pod['metadata']['name'], '')[-3000:]}"
-                    return r if r.state and r.state.type.value in FINAL else None
+                    return r if r.state and r.state.is_final() else None
                 done = wait_for(final, timeout=1500, interval=2, what="the flow run to finish in its pod")
                 logs = "\n".join(log.message for log in client.read_logs(
                     log_filter=_logs_of(done.id), limit=200))
@@ -135,11 +134,11 @@ def test_a_workspace_run_on_the_kubernetes_pool_runs_in_kaiflows_image_and_serve
             # ... and reached the API server as a pod does: HTTPS, with the token the kubelet mounted
             account = flow_pod["spec"]["serviceAccountName"]
             assert account == "kaiflow"   # the flow runs' account from the chart, not the worker's
-            from_pod = [r for r in kube.requests if r.token == f"fakekube-sa-default-{account}"]
+            from_pod = [r for r in kube.requests if r.token == service_account_token("default", account)]
             assert from_pod and all(r.https for r in from_pod)
             assert any(r.method in ("POST", "PATCH", "PUT") and "/jobs" in r.path for r in from_pod)
             assert any(r.method == "POST" and r.path.endswith("/jobs") and r.https
-                       for r in kube.requests if r.token == "fakekube-sa-default-kaiflow-worker")
+                       for r in kube.requests if r.token == service_account_token("default", "kaiflow-worker"))
 
             # the digest the push-adapter container wrote to /dev/termination-log, read from the pod status
             (job,) = kube.list("batch/v1", "Job", "default", labels={manifests.PART_LABEL: "tuning"})

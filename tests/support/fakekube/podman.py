@@ -56,6 +56,11 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+def service_account_token(namespace: str, account: str) -> str:
+    """The token the kubelet mounts for a pod of ``account`` (the fake accepts any; tests tell pods apart by it)."""
+    return f"fakekube-sa-{namespace}-{account}"
+
+
 def podman_env() -> dict[str, str]:
     """The environment podman/buildah/skopeo run in: deployments/images/env.sh's settings
     (containers.conf and the image store under KAIFLOW_IMAGE_CACHE)."""
@@ -310,7 +315,7 @@ class _Pod:
         if not path.exists():
             path.mkdir(parents=True)
             account = spec.get("serviceAccountName") or "default"
-            for name, data in {"token": f"fakekube-sa-{self.namespace}-{account}".encode(),
+            for name, data in {"token": service_account_token(self.namespace, account).encode(),
                                "ca.crt": self.kubelet.kube.ca_pem, "namespace": self.namespace.encode()}.items():
                 (path / name).write_bytes(data)
                 (path / name).chmod(0o644)

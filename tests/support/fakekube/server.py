@@ -12,6 +12,7 @@ import http.server
 import json
 import re
 import ssl
+import sys
 import threading
 import time
 import traceback
@@ -463,8 +464,6 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         if not isinstance(sys.exc_info()[1], DISCONNECTS):   # a client that hung up is not worth a traceback
             super().handle_error(request, client_address)
 
